@@ -1,0 +1,94 @@
+"""The credit ledger: append-only rows per (project, user), charges and refunds keyed to happen once.
+
+Each row moves the account's running balance in the same transaction; the conditional debit
+(``balance >= amount``) is what makes a hundred concurrent charges against ten jobs' worth exact.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+
+from genloom.clock import Clock, ms
+from genloom.errors import InsufficientCredits, InvalidInput
+from genloom.notify import Notifier
+from genloom.store import statements as q
+from genloom.store.engine import Database
+from genloom.store.unit import Unit, unit
+
+
+async def _ensure_account(u: Unit, project_id: str, user_id: str) -> None:
+    exists = (await u.conn.execute(q.select_balance(project_id, user_id))).first()
+    if exists is None:
+        try:
+            async with u.conn.begin_nested():
+                await u.conn.execute(q.create_account(project_id, user_id))
+        except IntegrityError:
+            pass  # created by a concurrent grant
+
+
+async def charge(u: Unit, *, project_id: str, user_id: str, job_id: str, round_: int, amount: int, now: int) -> None:
+    """Debit ``amount`` for a job's billing round, or raise InsufficientCredits (nothing written)."""
+    res = await u.conn.execute(q.debit_account(project_id, user_id, amount))
+    if res.rowcount != 1:
+        raise InsufficientCredits(f"this job costs {amount} credits; the balance is lower", cost=amount)
+    await u.conn.execute(
+        q.insert_ledger(
+            {"project_id": project_id, "user_id": user_id, "job_id": job_id, "reason": "charge",
+             "round": round_, "amount": -amount, "created_at": now}
+        )
+    )
+
+
+async def refund(u: Unit, job: dict[str, Any], now: int, note: str) -> None:
+    """Give back a job's charge for its current round. The caller holds the job row and clears
+    ``charged`` in the same write; the ledger's unique key refuses a second refund regardless."""
+    existing = (await u.conn.execute(q.ledger_entry_exists(job["id"], "refund", job["round"]))).first()
+    if existing is not None:
+        return
+    await u.conn.execute(q.credit_account(job["project_id"], job["user_id"], job["cost"]))
+    await u.conn.execute(
+        q.insert_ledger(
+            {"project_id": job["project_id"], "user_id": job["user_id"], "job_id": job["id"],
+             "reason": "refund", "round": job["round"], "amount": job["cost"], "note": note,
+             "created_at": now}
+        )
+    )
+
+
+class Credits:
+    """Grants and reads; charges and refunds happen inside job writes (jobs.py)."""
+
+    def __init__(self, db: Database, notifier: Notifier, clock: Clock) -> None:
+        self.db, self.notifier, self.clock = db, notifier, clock
+
+    async def grant(self, project_id: str, user_id: str, amount: int, note: str = "grant") -> int:
+        if amount <= 0:
+            raise InvalidInput("a grant must be a positive number of credits")
+        now = ms(self.clock.now())
+        async with unit(self.db, self.notifier) as u:
+            await _ensure_account(u, project_id, user_id)
+            await u.conn.execute(q.credit_account(project_id, user_id, amount))
+            await u.conn.execute(
+                q.insert_ledger(
+                    {"project_id": project_id, "user_id": user_id, "job_id": None, "reason": "grant",
+                     "round": 0, "amount": amount, "note": note, "created_at": now}
+                )
+            )
+            bal = (await u.conn.execute(q.select_balance(project_id, user_id))).scalar_one()
+        return int(bal)
+
+    async def balance(self, project_id: str, user_id: str) -> int:
+        async with self.db.read() as conn:
+            bal = (await conn.execute(q.select_balance(project_id, user_id))).scalar()
+        return int(bal or 0)
+
+    async def ledger_sum(self, project_id: str, user_id: str) -> int:
+        async with self.db.read() as conn:
+            return int((await conn.execute(q.ledger_sum(project_id, user_id))).scalar_one())
+
+    async def for_job(self, job_id: str) -> list[dict[str, Any]]:
+        async with self.db.read() as conn:
+            rows = (await conn.execute(q.ledger_for_job(job_id))).mappings().all()
+        return [dict(r) for r in rows]

@@ -1,0 +1,320 @@
+"""The one writer of jobs: create (idempotency + charge), transition, cancel and admin retry.
+
+Each public method is one transaction: lock the row, check the graph (lifecycle.check), a
+conditional UPDATE that repeats the allowed sources, its events and any ledger row, committed
+together. Two racing writers never both win; the loser gets the typed error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sqlalchemy.exc import IntegrityError
+
+from genloom import credits, lifecycle
+from genloom.clock import Clock, ms
+from genloom.errors import (
+    IdempotencyKeyReused,
+    InvalidInput,
+    InvalidTransition,
+    LeaseLost,
+    NotFound,
+)
+from genloom.ids import JobId, fingerprint, new_job_id
+from genloom.lifecycle import EventType, Status
+from genloom.models import EventSpec, Job, Project
+from genloom.notify import Notifier
+from genloom.observability import Metrics, get_logger
+from genloom.store import statements as q
+from genloom.store.engine import Database
+from genloom.store.unit import Unit, unit
+
+log = get_logger("genloom.jobs")
+CANCEL_MESSAGE = "Job cancelled by user request"
+
+
+class Catalog(Protocol):
+    """What the jobs service needs to know about job types (the pipeline registry provides it)."""
+
+    def validate(self, type_: str, mode: str | None, input: dict[str, Any]) -> None: ...
+
+    def is_sync(self, type_: str) -> bool: ...
+
+    def cost(self, type_: str, mode: str | None) -> int: ...
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    type: str
+    input: dict[str, Any]
+    mode: str | None = None
+    user: str = ""
+    idempotency_key: str | None = None
+    priority: int = 0
+    webhook_url: str | None = None
+    max_attempts: int | None = None
+    job_id: str | None = None  # content-addressed ids (Motioness assets)
+    delay_seconds: float = 0.0
+
+    def params(self) -> dict[str, Any]:
+        """What an idempotent repeat must match."""
+        return {"type": self.type, "mode": self.mode, "input": self.input, "priority": self.priority,
+                "webhook_url": self.webhook_url}
+
+
+class Jobs:
+    def __init__(
+        self, db: Database, notifier: Notifier, clock: Clock, catalog: Catalog, *,
+        max_attempts: int = 3, metrics: Metrics | None = None,
+    ) -> None:
+        self.db, self.notifier, self.clock, self.catalog = db, notifier, clock, catalog
+        self.max_attempts = max_attempts
+        self.metrics = metrics
+
+    def _now(self) -> int:
+        return ms(self.clock.now())
+
+    # -- reads ---------------------------------------------------------------
+    async def get(self, job_id: str, project_id: str | None = None) -> Job:
+        async with self.db.read() as conn:
+            row = (await conn.execute(q.select_job(job_id, project_id))).mappings().first()
+        if row is None:
+            raise NotFound("no such job", job_id=job_id)
+        return Job.from_row(row)
+
+    async def queue_position(self, job: Job) -> int | None:
+        if job.status not in (Status.QUEUED, Status.PENDING):
+            return None
+        async with self.db.read() as conn:
+            n = (await conn.execute(q.queue_position(job.__dict__))).scalar_one()
+        return int(n)
+
+    async def list(
+        self, project_id: str, *, status: str | None = None, type_: str | None = None,
+        user: str | None = None, before: tuple[int, str] | None = None, limit: int = 50,
+    ) -> list[Job]:
+        async with self.db.read() as conn:
+            stmt = q.list_jobs(project_id, status=status, type_=type_, user=user, before=before, limit=limit)
+            rows = (await conn.execute(stmt)).mappings().all()
+        return [Job.from_row(r) for r in rows]
+
+    # -- create --------------------------------------------------------------
+    async def create(self, project: Project, spec: JobSpec, request_id: str | None = None) -> tuple[Job, bool]:
+        """Create a job and charge for it, or return the existing one for a repeated key or id.
+        Returns (job, created)."""
+        self.catalog.validate(spec.type, spec.mode, spec.input)
+        params_hash = fingerprint(spec.params())
+        for _ in range(3):
+            try:
+                return await self._create(project, spec, params_hash, request_id)
+            except IntegrityError:
+                continue  # a concurrent duplicate won; the next pass finds and returns it
+        raise InvalidInput("could not create the job: concurrent duplicates kept colliding")
+
+    async def _existing(self, u: Unit, project: Project, spec: JobSpec, params_hash: str) -> Job | None:
+        row = None
+        if spec.job_id:
+            row = (await u.conn.execute(q.select_job(spec.job_id, project.id))).mappings().first()
+        elif spec.idempotency_key:
+            stmt = q.select_by_idempotency(project.id, spec.user, spec.idempotency_key)
+            row = (await u.conn.execute(stmt)).mappings().first()
+        if row is None:
+            return None
+        if row["params_hash"] != params_hash:
+            raise IdempotencyKeyReused(
+                "this idempotency key was already used with different parameters", job_id=row["id"]
+            )
+        return Job.from_row(row)
+
+    async def _create(
+        self, project: Project, spec: JobSpec, params_hash: str, request_id: str | None
+    ) -> tuple[Job, bool]:
+        now = self._now()
+        sync = self.catalog.is_sync(spec.type)
+        cost = self.catalog.cost(spec.type, spec.mode)
+        job_id = JobId(spec.job_id or new_job_id())
+        async with unit(self.db, self.notifier) as u:
+            existing = await self._existing(u, project, spec, params_hash)
+            if existing is not None:
+                return existing, False
+            status = Status.PENDING if sync else Status.QUEUED
+            values: dict[str, Any] = {
+                "id": job_id, "project_id": project.id, "user_id": spec.user, "type": spec.type,
+                "mode": spec.mode, "input": spec.input, "params_hash": params_hash,
+                "status": status.value, "attempt": 0,
+                "max_attempts": spec.max_attempts or self.max_attempts, "round": 0,
+                "priority": spec.priority, "idempotency_key": spec.idempotency_key, "cost": cost,
+                "charged": False, "run_after": now + int(spec.delay_seconds * 1000),
+                "webhook_url": spec.webhook_url, "request_id": request_id, "created_at": now,
+                "queued_at": None if sync else now, "updated_at": now, "progress": 0.0,
+            }
+            if project.billing_enabled and cost > 0:
+                await credits.charge(u, project_id=project.id, user_id=spec.user, job_id=job_id,
+                                     round_=0, amount=cost, now=now)
+                values["charged"] = True
+            await u.conn.execute(q.insert_job(values))
+            u.jobs_ready = True
+            if not sync:
+                u.add_events(values, [EventSpec(EventType.QUEUED)], now, request_id)
+        job = Job.from_row(values | _NULLS | values)
+        log.info("job.created", job_id=job.id, project_id=project.id, request_id=request_id,
+                 type=job.type, cost=cost, charged=job.charged)
+        if not sync:
+            self._logged(job, Status.PENDING, Status.QUEUED, request_id)
+        return job, True
+
+    # -- transitions ---------------------------------------------------------
+    async def transition(
+        self, job_id: str, to: Status, *, lease_token: str | None = None, project_id: str | None = None,
+        values: dict[str, Any] | None = None, events: Sequence[EventSpec] = (),
+        error_code: str | None = None, error_message: str | None = None,
+        request_id: str | None = None, lease_expired_before: int | None = None,
+    ) -> Job:
+        """Move one job to ``to`` (fenced by ``lease_token`` when a worker asks)."""
+        async with unit(self.db, self.notifier) as u:
+            row = await self.lock(u, job_id, project_id)
+            if lease_expired_before is not None and not (
+                row["status"] == Status.RUNNING and row["lease_expires_at"] is not None
+                and row["lease_expires_at"] < lease_expired_before
+            ):
+                raise InvalidTransition("the job's lease is current", job_id=job_id)
+            new = await self.apply(u, row, to, lease_token=lease_token, values=values, events=events,
+                                   error_code=error_code, error_message=error_message,
+                                   request_id=request_id)
+        return new
+
+    async def lock(self, u: Unit, job_id: str, project_id: str | None = None) -> dict[str, Any]:
+        row = (await u.conn.execute(q.lock_job(job_id, u.postgres))).mappings().first()
+        if row is None or (project_id is not None and row["project_id"] != project_id):
+            raise NotFound("no such job", job_id=job_id)
+        return dict(row)
+
+    async def apply(
+        self, u: Unit, row: dict[str, Any], to: Status, *, lease_token: str | None = None,
+        values: dict[str, Any] | None = None, events: Sequence[EventSpec] = (),
+        error_code: str | None = None, error_message: str | None = None, request_id: str | None = None,
+    ) -> Job:
+        """The transition inside an open unit whose row is already locked."""
+        now = self._now()
+        current = Status(row["status"])
+        if lease_token is not None and row["lease_token"] != lease_token:
+            log.warning("job.transition_denied", job_id=row["id"], project_id=row["project_id"],
+                        from_status=current.value, to_status=to.value, reason="lease_lost",
+                        request_id=request_id)
+            raise LeaseLost(job_id=row["id"])
+        try:
+            lifecycle.check(current, to)
+        except InvalidTransition:
+            log.warning("job.transition_denied", job_id=row["id"], project_id=row["project_id"],
+                        from_status=current.value, to_status=to.value, request_id=request_id)
+            raise
+        sets = _entering(to, now) | (values or {}) | {"status": to.value, "updated_at": now}
+        if error_code is not None or error_message is not None:
+            sets |= {"error_code": error_code, "error_message": error_message}
+        refunding = to in lifecycle.REFUNDED and row["charged"]
+        if refunding:
+            sets["charged"] = False
+        res = await u.conn.execute(q.guarded_transition(row["id"], lifecycle.sources(to), sets, lease_token))
+        new = res.mappings().first()
+        if new is None:  # unreachable while we hold the row; kept as the write's own guard
+            raise InvalidTransition(f"cannot move a {current.value} job to {to.value}")
+        if refunding:
+            await credits.refund(u, dict(new) | {"cost": row["cost"]}, now, note=to.value)
+        status_event = lifecycle.STATUS_EVENT[to]
+        specs = list(events)
+        if status_event is not None:
+            specs.append(EventSpec(status_event, error_code=error_code if to == Status.FAILED else None,
+                                   error_msg=error_message if to == Status.FAILED else None,
+                                   data={"refunded": row["cost"]} if refunding else {}))
+        u.add_events(new, specs, now, request_id)
+        if to in (Status.QUEUED, Status.PENDING):
+            u.jobs_ready = True
+        job = Job.from_row(new)
+        u.after_commit.append(lambda: self._logged(job, current, to, request_id))
+        return job
+
+    def _logged(self, job: Job, frm: Status, to: Status, request_id: str | None) -> None:
+        log.info("job.transition", job_id=job.id, project_id=job.project_id, request_id=request_id,
+                 from_status=frm.value, to_status=to.value)
+        if to == Status.COMPLETED:
+            log.info("job.completed", job_id=job.id, project_id=job.project_id, request_id=request_id,
+                     result_key=job.result_key)
+        elif to == Status.FAILED:
+            log.info("job.failed", job_id=job.id, project_id=job.project_id, request_id=request_id,
+                     error_code=job.error_code, error_message=job.error_message)
+        if self.metrics is not None:
+            self.metrics.transitions.labels(job.type, to.value).inc()
+
+    # -- cancel and retry ----------------------------------------------------
+    async def cancel(
+        self, job_id: str, project_id: str | None = None, request_id: str | None = None,
+        reason: str = CANCEL_MESSAGE,
+    ) -> Job:
+        """Pending, queued and parked jobs are cancelled at once; a running job is flagged and its
+        worker stops at the next checkpoint. A terminal job is an InvalidTransition."""
+        async with unit(self.db, self.notifier) as u:
+            row = await self.lock(u, job_id, project_id)
+            status = Status(row["status"])
+            held = status == Status.RUNNING and row["lease_token"] is not None
+            if status in (Status.PENDING, Status.QUEUED) or (status == Status.RUNNING and not held):
+                return await self.apply(u, row, Status.CANCELLED, values={"cancel_requested": True},
+                                        error_code="cancelled", error_message=reason,
+                                        request_id=request_id)
+            if not held:
+                lifecycle.check(status, Status.CANCELLED)  # raises and logs for terminal states
+            if row["cancel_requested"]:
+                return Job.from_row(row)
+            now = self._now()
+            new = (await u.conn.execute(q.guarded_transition(
+                job_id, [Status.RUNNING.value], {"cancel_requested": True, "error_message": reason,
+                                                 "updated_at": now}))).mappings().one()
+            u.add_events(new, [EventSpec(EventType.CANCEL_REQUESTED)], now, request_id)
+            return Job.from_row(new)
+
+    async def admin_retry(self, job_id: str, request_id: str | None = None) -> Job:
+        """failed|expired -> pending (a new billing round, charged again) -> queued."""
+        async with unit(self.db, self.notifier) as u:
+            row = await self.lock(u, job_id)
+            prow = (await u.conn.execute(q.select_project(row["project_id"]))).mappings().one()
+            project = Project.from_row(prow)
+            now = self._now()
+            new_round = row["round"] + 1
+            charged = False
+            if Status(row["status"]) in (Status.FAILED, Status.EXPIRED) and project.billing_enabled \
+                    and row["cost"] > 0:
+                await credits.charge(u, project_id=row["project_id"], user_id=row["user_id"], job_id=job_id,
+                                     round_=new_round, amount=row["cost"], now=now)
+                charged = True
+            job = await self.apply(u, row, Status.PENDING, request_id=request_id, values={
+                "round": new_round, "attempt": 0, "charged": charged, "cancel_requested": False,
+                "error_code": None, "error_message": None, "result_key": None, "result": None,
+                "completed_at": None, "started_at": None, "provider": None, "provider_ref": None,
+                "provider_since": None, "deadline": None, "progress": 0.0, "stage": None,
+                "run_after": now,
+            })
+            if not self.catalog.is_sync(job.type):
+                job = await self.apply(u, dict(job.__dict__), Status.QUEUED, request_id=request_id)
+        return job
+
+
+def _entering(to: Status, now: int) -> dict[str, Any]:
+    """Columns every entry into ``to`` sets, whatever the caller adds."""
+    release = {"lease_owner": None, "lease_token": None, "lease_expires_at": None}
+    if to == Status.QUEUED:
+        return release | {"queued_at": now, "run_after": now, "stage": None}
+    if to in lifecycle.TERMINAL:
+        return release | {"completed_at": now, "stage": None}
+    if to == Status.RUNNING:
+        return {"started_at": now}
+    return release
+
+
+_NULLS: dict[str, Any] = {
+    k: None for k in (
+        "stage", "result_key", "result", "error_code", "error_message", "lease_owner", "lease_token",
+        "lease_expires_at", "provider", "provider_ref", "provider_since", "deadline", "started_at",
+        "completed_at", "cancel_requested",
+    )
+} | {"cancel_requested": False}

@@ -1,0 +1,1 @@
+"""Local media work: the vision stage and the PyAV renderer."""

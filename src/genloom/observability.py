@@ -1,0 +1,66 @@
+"""Structured JSON logs (structlog) and Prometheus metrics; keys and tokens never reach a log."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_SECRET = re.compile(r"\b(sk|whsec|adm)_[A-Za-z0-9_\-]{6,}")
+
+
+def _redact(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    for k, v in event_dict.items():
+        if isinstance(v, str) and _SECRET.search(v):
+            event_dict[k] = _SECRET.sub(lambda m: m.group(1) + "_********", v)
+    return event_dict
+
+
+def configure_logging(level: str = "info", json: bool = True) -> None:
+    """Idempotent structlog set-up: one JSON object per line on stderr, ISO timestamps in UTC."""
+    renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+            _redact,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str = "genloom") -> Any:
+    return structlog.get_logger(name)
+
+
+class Metrics:
+    """The process's Prometheus metrics, on their own registry (no module globals)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.transitions = Counter(
+            "genloom_job_transitions_total", "Job state transitions", ["type", "to"], registry=self.registry
+        )
+        self.jobs = Gauge("genloom_jobs", "Jobs by status and type", ["status", "type"], registry=self.registry)
+        self.queue_depth = Gauge("genloom_queue_depth", "Runnable queued jobs", registry=self.registry)
+        self.stage_latency = Histogram(
+            "genloom_stage_latency_seconds",
+            "Stage latency",
+            ["type", "stage"],
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
+            registry=self.registry,
+        )
+        self.webhooks = Counter(
+            "genloom_webhook_deliveries_total", "Webhook outcomes", ["outcome"], registry=self.registry
+        )
+        self.http = Histogram(
+            "genloom_http_request_seconds", "HTTP latency", ["method", "route", "status"], registry=self.registry
+        )

@@ -1,0 +1,1 @@
+"""Hosted-model clients, one per protocol, each given an httpx.AsyncClient."""

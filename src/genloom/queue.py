@@ -1,0 +1,137 @@
+"""The jobs table as a queue: batched claims with fencing tokens, heartbeats, completion, retry.
+
+Each claim hands out a fresh lease token; every later write of that worker for the job is
+conditional on the token, so a worker that froze past its lease and wakes after a rescue has
+all its writes refused (LeaseLost).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import Any
+
+from genloom.clock import Clock, ms
+from genloom.errors import LeaseLost
+from genloom.ids import new_lease_token
+from genloom.jobs import Jobs
+from genloom.lifecycle import EventType, Status
+from genloom.models import EventSpec, Job
+from genloom.observability import get_logger
+from genloom.retry import Decision
+from genloom.store import statements as q
+from genloom.store.unit import unit
+
+log = get_logger("genloom.queue")
+
+
+class Queue:
+    def __init__(self, jobs: Jobs, clock: Clock, *, lease_seconds: float = 30.0) -> None:
+        self.jobs = jobs
+        self.db, self.notifier = jobs.db, jobs.notifier
+        self.clock = clock
+        self.lease_ms = int(lease_seconds * 1000)
+
+    def _now(self) -> int:
+        return ms(self.clock.now())
+
+    async def claim(self, worker_id: str, types: Collection[str] | None = None, limit: int = 1) -> list[Job]:
+        """Lease up to ``limit`` runnable jobs (highest priority, oldest first) to ``worker_id``."""
+        now = self._now()
+        token = new_lease_token()
+        async with unit(self.db, self.notifier) as u:
+            stmt = q.claim_batch(postgres=u.postgres, worker_id=worker_id, token=token, now=now,
+                                 lease_until=now + self.lease_ms, limit=limit, types=types)
+            rows = (await u.conn.execute(stmt)).mappings().all()
+            for row in rows:
+                u.add_events(row, [EventSpec(EventType.STARTED, data={"worker": worker_id})], now)
+        claimed = [Job.from_row(r) for r in rows]
+        for job in claimed:
+            log.info("job.transition", job_id=job.id, project_id=job.project_id, request_id=job.request_id,
+                     from_status="queued", to_status="running", worker=worker_id, attempt=job.attempt)
+        return claimed
+
+    async def heartbeat(self, worker_id: str, leases: Sequence[tuple[str, str]]) -> set[str]:
+        """Extend the leases still held; returns the job ids whose lease was lost."""
+        if not leases:
+            return set()
+        now = self._now()
+        async with self.db.tx() as conn:
+            stmt = q.heartbeat_batch(worker_id, leases, now + self.lease_ms, now)
+            kept = {r[0] for r in (await conn.execute(stmt)).all()}
+        return {job_id for job_id, _ in leases} - kept
+
+    async def touch(
+        self, job: Job, *, values: dict[str, Any] | None = None, events: Sequence[EventSpec] = ()
+    ) -> Job:
+        """A fenced non-transition write (stage, progress, provider reference) plus its events."""
+        assert job.lease_token is not None
+        now = self._now()
+        async with unit(self.db, self.notifier) as u:
+            stmt = q.fenced_touch(job.id, job.lease_token, (values or {}) | {"updated_at": now})
+            row = (await u.conn.execute(stmt)).mappings().first()
+            if row is None:
+                raise LeaseLost(job_id=job.id)
+            u.add_events(row, events, now)
+        return Job.from_row(row)
+
+    async def complete(
+        self, job: Job, *, result_key: str | None = None, result: dict[str, Any] | None = None,
+        events: Sequence[EventSpec] = (),
+    ) -> Job:
+        return await self.jobs.transition(
+            job.id, Status.COMPLETED, lease_token=job.lease_token, events=events,
+            values={"result_key": result_key, "result": result, "progress": 1.0,
+                    "error_code": None, "error_message": None},
+        )
+
+    async def complete_many(self, jobs: Sequence[Job]) -> list[Job]:
+        """Finish a batch of no-output jobs in one statement and one event insert."""
+        if not jobs:
+            return []
+        now = self._now()
+        leases = [(j.id, j.lease_token or "") for j in jobs]
+        async with unit(self.db, self.notifier) as u:
+            rows = (await u.conn.execute(q.complete_batch(leases, now))).mappings().all()
+            for row in rows:
+                u.add_events(row, [EventSpec(EventType.COMPLETED)], now)
+        done = [Job.from_row(r) for r in rows]
+        for job in done:
+            log.info("job.transition", job_id=job.id, project_id=job.project_id, request_id=job.request_id,
+                     from_status="running", to_status="completed")
+        return done
+
+    async def fail(self, job: Job, decision: Decision, message: str, events: Sequence[EventSpec] = ()) -> Job:
+        """Requeue with backoff (a ``retry_scheduled`` event) or fail for good (refunded)."""
+        if decision.retry:
+            run_after = self._now() + int(decision.delay * 1000)
+            retry = EventSpec(EventType.RETRY_SCHEDULED, error_code=decision.error_code, error_msg=message,
+                              data={"delay_ms": int(decision.delay * 1000), "next_attempt": job.attempt + 1})
+            return await self.jobs.transition(
+                job.id, Status.QUEUED, lease_token=job.lease_token, values={"run_after": run_after},
+                events=[*events, retry], error_code=decision.error_code, error_message=message,
+            )
+        return await self.jobs.transition(
+            job.id, Status.FAILED, lease_token=job.lease_token, events=events,
+            error_code=decision.error_code, error_message=message,
+        )
+
+    async def release(self, job: Job, delay: float = 0.0) -> Job:
+        """Hand a job back to the queue untouched (graceful shutdown): the attempt is not spent."""
+        return await self.jobs.transition(
+            job.id, Status.QUEUED, lease_token=job.lease_token,
+            values={"attempt": max(0, job.attempt - 1), "run_after": self._now() + int(delay * 1000)},
+        )
+
+    async def cancelled(self, job: Job, events: Sequence[EventSpec] = ()) -> Job:
+        """The worker acknowledges a cancel request at a checkpoint."""
+        return await self.jobs.transition(
+            job.id, Status.CANCELLED, lease_token=job.lease_token, events=events,
+            error_code="cancelled", error_message=job.error_message or "Job cancelled by user request",
+        )
+
+    async def next_due_in(self) -> float | None:
+        """Seconds until the earliest delayed job becomes runnable."""
+        now = self._now()
+        async with self.db.read() as conn:
+            at = (await conn.execute(q.next_run_after(now))).scalar()
+        return None if at is None else max(0.0, (int(at) - now) / 1000)

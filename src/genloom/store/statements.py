@@ -1,0 +1,389 @@
+"""Every statement that touches the jobs, events and ledger tables, each named for its purpose.
+
+The only dialect branches here are the claim (SKIP LOCKED vs a single UPDATE … RETURNING),
+the transaction-id stamp on events, and wake-up NOTIFYs; everything else is portable Core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import Any
+
+from sqlalchemy import (
+    Delete,
+    Insert,
+    Select,
+    TextClause,
+    Update,
+    and_,
+    delete,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
+
+from genloom.lifecycle import Status
+from genloom.store.schema import (
+    api_keys,
+    credit_accounts,
+    credit_ledger,
+    job_events,
+    jobs,
+    locks,
+    projects,
+)
+
+JOBS_CHANNEL = "genloom_jobs"
+EVENTS_CHANNEL = "genloom_events"
+_PG_TXID = literal_column("pg_current_xact_id()::text::bigint")
+_PG_SAFE_TXID = literal_column("pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+CLAIMABLE = (Status.QUEUED.value, Status.PENDING.value)
+
+
+# --- jobs: single rows -----------------------------------------------------------------------
+
+def insert_job(values: dict[str, Any]) -> Insert:
+    return insert(jobs).values(**values)
+
+
+def select_job(job_id: str, project_id: str | None = None) -> Select[Any]:
+    stmt = select(jobs).where(jobs.c.id == job_id)
+    if project_id is not None:
+        stmt = stmt.where(jobs.c.project_id == project_id)
+    return stmt
+
+
+def lock_job(job_id: str, postgres: bool) -> Select[Any]:
+    """Read a job and hold its row until commit (SQLite's BEGIN IMMEDIATE already serialises)."""
+    stmt = select(jobs).where(jobs.c.id == job_id)
+    return stmt.with_for_update() if postgres else stmt
+
+
+def select_by_idempotency(project_id: str, user_id: str, key: str) -> Select[Any]:
+    return select(jobs).where(
+        jobs.c.project_id == project_id, jobs.c.user_id == user_id, jobs.c.idempotency_key == key
+    )
+
+
+def guarded_transition(
+    job_id: str, sources: Collection[str], values: dict[str, Any], lease_token: str | None = None
+) -> Update:
+    """The write that enforces the graph again: it only matches a row in an allowed source state
+    (and, for a worker, only while its lease token is current)."""
+    where = [jobs.c.id == job_id, jobs.c.status.in_(list(sources))]
+    if lease_token is not None:
+        where.append(jobs.c.lease_token == lease_token)
+    return update(jobs).where(*where).values(**values).returning(*jobs.c)
+
+
+def fenced_touch(job_id: str, lease_token: str, values: dict[str, Any]) -> Update:
+    """A worker's non-transition write (stage, progress, provider ref): refused once its lease is gone."""
+    return (
+        update(jobs)
+        .where(jobs.c.id == job_id, jobs.c.lease_token == lease_token, jobs.c.status == Status.RUNNING.value)
+        .values(**values)
+        .returning(*jobs.c)
+    )
+
+
+def touch_job(job_id: str, now: int) -> Update:
+    """Take a job's row lock for an event that changes nothing else (webhook outcomes)."""
+    return update(jobs).where(jobs.c.id == job_id).values(updated_at=now).returning(*jobs.c)
+
+
+# --- the queue --------------------------------------------------------------------------------
+
+def claim_batch(
+    *, postgres: bool, worker_id: str, token: str, now: int, lease_until: int, limit: int,
+    types: Collection[str] | None,
+) -> Update:
+    """Take the highest-priority, oldest runnable jobs and lease them to one worker."""
+    pick = (
+        select(jobs.c.id)
+        .where(jobs.c.status.in_(CLAIMABLE), jobs.c.run_after <= now)
+        .order_by(jobs.c.priority.desc(), jobs.c.run_after, jobs.c.created_at)
+        .limit(limit)
+    )
+    if types is not None:
+        pick = pick.where(jobs.c.type.in_(list(types)))
+    if postgres:
+        pick = pick.with_for_update(skip_locked=True)
+    return (
+        update(jobs)
+        .where(jobs.c.id.in_(pick.scalar_subquery()), jobs.c.status.in_(CLAIMABLE))
+        .values(
+            status=Status.RUNNING.value,
+            attempt=jobs.c.attempt + 1,
+            lease_owner=worker_id,
+            lease_token=token,
+            lease_expires_at=lease_until,
+            started_at=func.coalesce(jobs.c.started_at, now),
+            updated_at=now,
+            stage=None,
+            progress=0.0,
+        )
+        .returning(*jobs.c)
+    )
+
+
+def heartbeat_batch(worker_id: str, leases: Sequence[tuple[str, str]], until: int, now: int) -> Update:
+    return (
+        update(jobs)
+        .where(
+            tuple_(jobs.c.id, jobs.c.lease_token).in_(list(leases)),
+            jobs.c.lease_owner == worker_id,
+            jobs.c.status == Status.RUNNING.value,
+        )
+        .values(lease_expires_at=until, updated_at=now)
+        .returning(jobs.c.id)
+    )
+
+
+def complete_batch(leases: Sequence[tuple[str, str]], now: int) -> Update:
+    """Finish many running jobs in one statement (no-op and fast pipelines)."""
+    return (
+        update(jobs)
+        .where(tuple_(jobs.c.id, jobs.c.lease_token).in_(list(leases)), jobs.c.status == Status.RUNNING.value)
+        .values(
+            status=Status.COMPLETED.value,
+            completed_at=now,
+            updated_at=now,
+            progress=1.0,
+            stage=None,
+            lease_owner=None,
+            lease_token=None,
+            lease_expires_at=None,
+        )
+        .returning(*jobs.c)
+    )
+
+
+def expired_leases(now: int, limit: int) -> Select[Any]:
+    return (
+        select(jobs.c.id)
+        .where(jobs.c.status == Status.RUNNING.value, jobs.c.lease_expires_at < now)
+        .order_by(jobs.c.lease_expires_at)
+        .limit(limit)
+    )
+
+
+def waiting_on_provider(now: int, older_than: int, limit: int) -> Select[Any]:
+    """Parked async jobs (no lease, a provider reference) waiting since before ``older_than``."""
+    return (
+        select(jobs)
+        .where(
+            jobs.c.status == Status.RUNNING.value,
+            jobs.c.lease_token.is_(None),
+            jobs.c.provider_ref.is_not(None),
+            jobs.c.provider_since < older_than,
+        )
+        .order_by(jobs.c.provider_since)
+        .limit(limit)
+    )
+
+
+def past_deadline(now: int, limit: int) -> Select[Any]:
+    return (
+        select(jobs.c.id)
+        .where(jobs.c.status == Status.RUNNING.value, jobs.c.lease_token.is_(None), jobs.c.deadline < now)
+        .limit(limit)
+    )
+
+
+def next_run_after(now: int) -> Select[Any]:
+    """When the earliest delayed job becomes runnable (to sleep exactly that long)."""
+    return select(func.min(jobs.c.run_after)).where(jobs.c.status.in_(CLAIMABLE), jobs.c.run_after > now)
+
+
+def queue_position(job: dict[str, Any]) -> Select[Any]:
+    """How many runnable jobs would be claimed before this one."""
+    return select(func.count()).where(
+        jobs.c.status.in_(CLAIMABLE),
+        or_(
+            jobs.c.priority > job["priority"],
+            and_(jobs.c.priority == job["priority"], jobs.c.run_after < job["run_after"]),
+            and_(
+                jobs.c.priority == job["priority"],
+                jobs.c.run_after == job["run_after"],
+                jobs.c.created_at < job["created_at"],
+            ),
+        ),
+    )
+
+
+def queue_depth(now: int) -> Select[Any]:
+    return select(func.count()).where(jobs.c.status.in_(CLAIMABLE), jobs.c.run_after <= now)
+
+
+def count_by_status_type() -> Select[Any]:
+    return select(jobs.c.status, jobs.c.type, func.count()).group_by(jobs.c.status, jobs.c.type)
+
+
+def list_jobs(
+    project_id: str, *, status: str | None, type_: str | None, user: str | None,
+    before: tuple[int, str] | None, limit: int,
+) -> Select[Any]:
+    """Newest first, keyset-paginated on (created_at, id)."""
+    stmt = select(jobs).where(jobs.c.project_id == project_id)
+    if status:
+        stmt = stmt.where(jobs.c.status == status)
+    if type_:
+        stmt = stmt.where(jobs.c.type == type_)
+    if user is not None:
+        stmt = stmt.where(jobs.c.user_id == user)
+    if before is not None:
+        stmt = stmt.where(tuple_(jobs.c.created_at, jobs.c.id) < before)
+    return stmt.order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit)
+
+
+def notify(channel: str, payload: str = "") -> TextClause:
+    """PostgreSQL NOTIFY, delivered when the surrounding transaction commits."""
+    return text("SELECT pg_notify(:channel, :payload)").bindparams(channel=channel, payload=payload)
+
+
+# --- events -----------------------------------------------------------------------------------
+
+def insert_events(postgres: bool) -> Insert:
+    """Multi-row event insert; on PostgreSQL each row is stamped with its transaction id."""
+    stmt = insert(job_events)
+    return stmt.values(txid=_PG_TXID) if postgres else stmt
+
+
+def events_after(job_id: str, after: int, limit: int) -> Select[Any]:
+    return (
+        select(job_events)
+        .where(job_events.c.job_id == job_id, job_events.c.id > after)
+        .order_by(job_events.c.id)
+        .limit(limit)
+    )
+
+
+def feed_after(project_id: str | None, after: int, limit: int, postgres: bool) -> Select[Any]:
+    """A cross-job feed in commit order: on PostgreSQL, rows of transactions that may still be
+    open beside older ones are held back until every transaction before them has ended."""
+    stmt = select(job_events).where(job_events.c.id > after)
+    if project_id is not None:
+        stmt = stmt.where(job_events.c.project_id == project_id)
+    if postgres:
+        stmt = stmt.where(job_events.c.txid < _PG_SAFE_TXID)
+    return stmt.order_by(job_events.c.id).limit(limit)
+
+
+def last_event_id(job_id: str) -> Select[Any]:
+    return select(func.max(job_events.c.id)).where(job_events.c.job_id == job_id)
+
+
+# --- credits ----------------------------------------------------------------------------------
+
+def debit_account(project_id: str, user_id: str, amount: int) -> Update:
+    """Take ``amount`` only if the balance covers it; rowcount 0 means insufficient credits."""
+    return (
+        update(credit_accounts)
+        .where(
+            credit_accounts.c.project_id == project_id,
+            credit_accounts.c.user_id == user_id,
+            credit_accounts.c.balance >= amount,
+        )
+        .values(balance=credit_accounts.c.balance - amount)
+    )
+
+
+def credit_account(project_id: str, user_id: str, amount: int) -> Update:
+    return (
+        update(credit_accounts)
+        .where(credit_accounts.c.project_id == project_id, credit_accounts.c.user_id == user_id)
+        .values(balance=credit_accounts.c.balance + amount)
+    )
+
+
+def create_account(project_id: str, user_id: str) -> Insert:
+    return insert(credit_accounts).values(project_id=project_id, user_id=user_id, balance=0)
+
+
+def select_balance(project_id: str, user_id: str) -> Select[Any]:
+    return select(credit_accounts.c.balance).where(
+        credit_accounts.c.project_id == project_id, credit_accounts.c.user_id == user_id
+    )
+
+
+def ledger_sum(project_id: str, user_id: str) -> Select[Any]:
+    return select(func.coalesce(func.sum(credit_ledger.c.amount), 0)).where(
+        credit_ledger.c.project_id == project_id, credit_ledger.c.user_id == user_id
+    )
+
+
+def insert_ledger(values: dict[str, Any]) -> Insert:
+    return insert(credit_ledger).values(**values)
+
+
+def ledger_for_job(job_id: str) -> Select[Any]:
+    return select(credit_ledger).where(credit_ledger.c.job_id == job_id).order_by(credit_ledger.c.id)
+
+
+def ledger_entry_exists(job_id: str, reason: str, round_: int) -> Select[Any]:
+    return select(credit_ledger.c.id).where(
+        credit_ledger.c.job_id == job_id, credit_ledger.c.reason == reason, credit_ledger.c.round == round_
+    )
+
+
+# --- projects and keys ------------------------------------------------------------------------
+
+def insert_project(values: dict[str, Any]) -> Insert:
+    return insert(projects).values(**values)
+
+
+def select_project(project_id: str) -> Select[Any]:
+    return select(projects).where(projects.c.id == project_id)
+
+
+def project_by_public_key(public_key: str) -> Select[Any]:
+    return select(projects).where(projects.c.public_key == public_key)
+
+
+def project_by_key_hash(key_hash: str) -> Select[Any]:
+    return (
+        select(projects, api_keys.c.key_hash)
+        .join(api_keys, api_keys.c.project_id == projects.c.id)
+        .where(api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None))
+    )
+
+
+def insert_api_key(values: dict[str, Any]) -> Insert:
+    return insert(api_keys).values(**values)
+
+
+def revoke_keys(project_id: str, now: int) -> Update:
+    return (
+        update(api_keys)
+        .where(api_keys.c.project_id == project_id, api_keys.c.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+
+
+def count_keys() -> Select[Any]:
+    return select(func.count()).select_from(api_keys).where(api_keys.c.revoked_at.is_(None))
+
+
+# --- cluster singletons -----------------------------------------------------------------------
+
+def take_lock(name: str, owner: str, now: int, until: int) -> Update:
+    return (
+        update(locks)
+        .where(locks.c.name == name, or_(locks.c.owner == owner, locks.c.expires_at < now))
+        .values(owner=owner, expires_at=until)
+    )
+
+
+def create_lock(name: str, owner: str, until: int) -> Insert:
+    return insert(locks).values(name=name, owner=owner, expires_at=until)
+
+
+def release_lock(name: str, owner: str) -> Delete:
+    return delete(locks).where(locks.c.name == name, locks.c.owner == owner)
+
+

@@ -1,0 +1,76 @@
+"""A unit of work: one write transaction plus the wake-ups and log lines it owes after commit."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from genloom import events
+from genloom.models import EventSpec
+from genloom.notify import Notifier
+from genloom.store import statements as q
+from genloom.store.engine import Database
+
+_MAX_PAYLOAD = 7000  # NOTIFY payloads must stay under 8000 bytes
+
+
+@dataclass
+class Unit:
+    conn: AsyncConnection
+    postgres: bool
+    jobs_ready: bool = False
+    event_jobs: set[str] = field(default_factory=set)
+    after_commit: list[Callable[[], None]] = field(default_factory=list)
+    _events: list[dict[str, Any]] = field(default_factory=list)
+
+    def add_events(
+        self, job: Mapping[str, Any], specs: Sequence[EventSpec], now: int, request_id: str | None = None
+    ) -> None:
+        """Queue events for ``job``; the caller must already hold the job's row in this unit."""
+        if specs:
+            self._events.extend(events.event_rows(job, specs, now, request_id))
+            self.event_jobs.add(str(job["id"]))
+
+    async def flush(self) -> None:
+        rows, self._events = self._events, []
+        await events.append(self.conn, self.postgres, rows)
+
+
+@asynccontextmanager
+async def unit(db: Database, notifier: Notifier) -> AsyncIterator[Unit]:
+    """Run one write; events are inserted in one statement at the end, wake-ups sent on commit."""
+    async with db.tx() as conn:
+        u = Unit(conn=conn, postgres=db.is_postgres)
+        yield u
+        await u.flush()
+        if u.postgres:
+            if u.jobs_ready:
+                await conn.execute(q.notify(q.JOBS_CHANNEL))
+            for payload in _chunks(sorted(u.event_jobs)):
+                await conn.execute(q.notify(q.EVENTS_CHANNEL, payload))
+    if notifier.local_only:
+        if u.jobs_ready:
+            notifier.jobs_ready()
+        if u.event_jobs:
+            notifier.events_written(u.event_jobs)
+    for fn in u.after_commit:
+        fn()
+
+
+def _chunks(ids: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    cur: list[str] = []
+    size = 0
+    for i in ids:
+        if cur and size + len(i) + 1 > _MAX_PAYLOAD:
+            out.append(",".join(cur))
+            cur, size = [], 0
+        cur.append(i)
+        size += len(i) + 1
+    if cur:
+        out.append(",".join(cur))
+    return out
