@@ -61,7 +61,7 @@ class Settings(BaseSettings):
 
     # webhooks
     webhook_timeout_seconds: float = 5.0
-    webhook_schedule_seconds: list[float] = Field(default_factory=lambda: [5, 30, 120, 600, 3600])
+    webhook_schedule_seconds: list[float] = Field(default_factory=lambda: [5.0, 30.0, 120.0, 600.0, 3600.0])
     webhook_disable_after_seconds: float = 5 * 24 * 3600
 
     # media and fetching

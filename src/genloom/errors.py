@@ -12,7 +12,8 @@
     ├── InsufficientCredits     (402 insufficient_credits)
     ├── NotFound                (404 not_found)
     ├── InvalidTransition       (409 invalid_transition)
-    │   └── LeaseLost           (409 lease_lost)
+    │   ├── LeaseLost           (409 lease_lost)
+    │   └── JobCancelled        (409 cancelled: a worker met a cancel request at a checkpoint)
     ├── RateLimited             (429 rate_limited)
     ├── Unavailable             (503 unavailable)
     └── StageError              (a pipeline stage failed; transient or permanent)
@@ -122,6 +123,13 @@ class LeaseLost(InvalidTransition):
     """This worker's lease on the job is no longer current; its write was refused."""
 
     code = "lease_lost"
+    status = 409
+
+
+class JobCancelled(InvalidTransition):
+    """The job was cancelled; the worker stops at this checkpoint."""
+
+    code = "cancelled"
     status = 409
 
 

@@ -18,7 +18,7 @@ from genloom.store.engine import Database
 
 
 def event_rows(
-    job: Mapping[str, Any], specs: Sequence[EventSpec], now: int, request_id: str | None = None
+    job: Mapping[Any, Any], specs: Sequence[EventSpec], now: int, request_id: str | None = None
 ) -> list[dict[str, Any]]:
     """Rows for ``specs`` on ``job`` as it is after the write (attempt, request id)."""
     return [
@@ -40,9 +40,11 @@ def event_rows(
 
 
 async def append(conn: AsyncConnection, postgres: bool, rows: Sequence[dict[str, Any]]) -> None:
-    """One multi-row insert for all of a write's events."""
+    """One multi-row insert for all of a write's events, in commit order on PostgreSQL."""
     if rows:
-        await conn.execute(q.insert_events(postgres), list(rows))
+        if postgres:
+            await conn.execute(q.order_event_commits())
+        await conn.execute(q.insert_events(), list(rows))
 
 
 class EventLog:
@@ -58,6 +60,6 @@ class EventLog:
 
     async def feed(self, project_id: str | None, after: int = 0, limit: int = 1000) -> list[Event]:
         async with self.db.read() as conn:
-            stmt = q.feed_after(project_id, after, limit, self.db.is_postgres)
+            stmt = q.feed_after(project_id, after, limit)
             rows = (await conn.execute(stmt)).mappings().all()
         return [Event.from_row(r) for r in rows]

@@ -150,11 +150,14 @@ class Jobs:
                 "webhook_url": spec.webhook_url, "request_id": request_id, "created_at": now,
                 "queued_at": None if sync else now, "updated_at": now, "progress": 0.0,
             }
-            if project.billing_enabled and cost > 0:
+            # The row goes in before the charge: a concurrent duplicate then waits on its unique
+            # key (and finds this job) instead of being refused by a balance this job has spent.
+            billed = project.billing_enabled and cost > 0
+            values["charged"] = billed
+            await u.conn.execute(q.insert_job(values))
+            if billed:
                 await credits.charge(u, project_id=project.id, user_id=spec.user, job_id=job_id,
                                      round_=0, amount=cost, now=now)
-                values["charged"] = True
-            await u.conn.execute(q.insert_job(values))
             u.jobs_ready = True
             if not sync:
                 u.add_events(values, [EventSpec(EventType.QUEUED)], now, request_id)
@@ -185,6 +188,22 @@ class Jobs:
                                    request_id=request_id)
         return new
 
+    async def finish(
+        self, job_id: str, *, lease_token: str | None, values: dict[str, Any], events: Sequence[EventSpec] = (),
+        provider_ref: str | None = None,
+    ) -> Job:
+        """Complete a running job, unless a cancel was requested meanwhile: then the result is
+        discarded and the job ends cancelled. ``provider_ref`` (a callback, no lease) must match."""
+        async with unit(self.db, self.notifier) as u:
+            row = await self.lock(u, job_id)
+            if provider_ref is not None and (row["provider_ref"] != provider_ref or row["lease_token"]):
+                raise InvalidTransition("the job is no longer waiting on this prediction", job_id=job_id)
+            if row["cancel_requested"] and row["status"] == Status.RUNNING:
+                return await self.apply(u, row, Status.CANCELLED, lease_token=lease_token,
+                                        error_code="cancelled", error_message=row["error_message"] or CANCEL_MESSAGE)
+            return await self.apply(u, row, Status.COMPLETED, lease_token=lease_token, events=events,
+                                    values=values | {"progress": 1.0, "error_code": None, "error_message": None})
+
     async def lock(self, u: Unit, job_id: str, project_id: str | None = None) -> dict[str, Any]:
         row = (await u.conn.execute(q.lock_job(job_id, u.postgres))).mappings().first()
         if row is None or (project_id is not None and row["project_id"] != project_id):
@@ -204,12 +223,7 @@ class Jobs:
                         from_status=current.value, to_status=to.value, reason="lease_lost",
                         request_id=request_id)
             raise LeaseLost(job_id=row["id"])
-        try:
-            lifecycle.check(current, to)
-        except InvalidTransition:
-            log.warning("job.transition_denied", job_id=row["id"], project_id=row["project_id"],
-                        from_status=current.value, to_status=to.value, request_id=request_id)
-            raise
+        _check(row, to, request_id)
         sets = _entering(to, now) | (values or {}) | {"status": to.value, "updated_at": now}
         if error_code is not None or error_message is not None:
             sets |= {"error_code": error_code, "error_message": error_message}
@@ -263,7 +277,7 @@ class Jobs:
                                         error_code="cancelled", error_message=reason,
                                         request_id=request_id)
             if not held:
-                lifecycle.check(status, Status.CANCELLED)  # raises and logs for terminal states
+                _check(row, Status.CANCELLED, request_id)  # raises and logs for terminal states
             if row["cancel_requested"]:
                 return Job.from_row(row)
             now = self._now()
@@ -318,3 +332,14 @@ _NULLS: dict[str, Any] = {
         "completed_at", "cancel_requested",
     )
 } | {"cancel_requested": False}
+
+
+def _check(row: dict[str, Any], to: Status, request_id: str | None) -> None:
+    """The lifecycle's verdict on this row, with the denial logged where it happens."""
+    current = Status(row["status"])
+    try:
+        lifecycle.check(current, to)
+    except InvalidTransition:
+        log.warning("job.transition_denied", job_id=row["id"], project_id=row["project_id"],
+                    from_status=current.value, to_status=to.value, request_id=request_id)
+        raise

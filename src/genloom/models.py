@@ -55,7 +55,7 @@ class Job:
         return self.status in TERMINAL
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Job:
+    def from_row(cls, row: Mapping[Any, Any]) -> Job:
         data = {k: row[k] for k in cls.__dataclass_fields__}
         data["status"] = Status(data["status"])
         data["charged"] = bool(data["charged"])
@@ -91,7 +91,7 @@ class Event:
     data: dict[str, Any]
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Event:
+    def from_row(cls, row: Mapping[Any, Any]) -> Event:
         data = {k: row[k] for k in cls.__dataclass_fields__}
         data["type"] = EventType(data["type"])
         return cls(**data)
@@ -124,7 +124,7 @@ class Project:
     rate_limit_per_minute: int
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Project:
+    def from_row(cls, row: Mapping[Any, Any]) -> Project:
         return cls(
             id=ProjectId(row["id"]),
             name=row["name"],

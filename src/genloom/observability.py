@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -13,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 _SECRET = re.compile(r"\b(sk|whsec|adm)_[A-Za-z0-9_\-]{6,}")
 
 
-def _redact(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for k, v in event_dict.items():
         if isinstance(v, str) and _SECRET.search(v):
             event_dict[k] = _SECRET.sub(lambda m: m.group(1) + "_********", v)

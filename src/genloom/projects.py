@@ -62,7 +62,8 @@ class Projects:
         except NotFound:
             pass
         try:
-            return (await self.create("default", project_id=DEFAULT_PROJECT, billing=billing, with_secret=False)).project
+            created = await self.create("default", project_id=DEFAULT_PROJECT, billing=billing, with_secret=False)
+            return created.project
         except Exception:
             return await self.get(DEFAULT_PROJECT)  # created concurrently by another process
 

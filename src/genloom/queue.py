@@ -11,7 +11,7 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 from genloom.clock import Clock, ms
-from genloom.errors import LeaseLost
+from genloom.errors import InvalidTransition, LeaseLost
 from genloom.ids import new_lease_token
 from genloom.jobs import Jobs
 from genloom.lifecycle import EventType, Status
@@ -78,10 +78,8 @@ class Queue:
         self, job: Job, *, result_key: str | None = None, result: dict[str, Any] | None = None,
         events: Sequence[EventSpec] = (),
     ) -> Job:
-        return await self.jobs.transition(
-            job.id, Status.COMPLETED, lease_token=job.lease_token, events=events,
-            values={"result_key": result_key, "result": result, "progress": 1.0,
-                    "error_code": None, "error_message": None},
+        return await self.jobs.finish(
+            job.id, lease_token=job.lease_token, events=events, values={"result_key": result_key, "result": result}
         )
 
     async def complete_many(self, jobs: Sequence[Job]) -> list[Job]:
@@ -98,6 +96,13 @@ class Queue:
         for job in done:
             log.info("job.transition", job_id=job.id, project_id=job.project_id, request_id=job.request_id,
                      from_status="running", to_status="completed")
+        finished = {j.id for j in done}
+        for job in jobs:  # the rest: a cancel request (ends cancelled) or a lost lease (refused)
+            if job.id not in finished:
+                try:
+                    done.append(await self.jobs.finish(job.id, lease_token=job.lease_token, values={}))
+                except InvalidTransition as exc:
+                    log.warning("job.write_refused", job_id=job.id, reason=exc.code)
         return done
 
     async def fail(self, job: Job, decision: Decision, message: str, events: Sequence[EventSpec] = ()) -> Job:

@@ -19,7 +19,6 @@ from sqlalchemy import (
     delete,
     func,
     insert,
-    literal_column,
     or_,
     select,
     text,
@@ -40,8 +39,6 @@ from genloom.store.schema import (
 
 JOBS_CHANNEL = "genloom_jobs"
 EVENTS_CHANNEL = "genloom_events"
-_PG_TXID = literal_column("pg_current_xact_id()::text::bigint")
-_PG_SAFE_TXID = literal_column("pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
 CLAIMABLE = (Status.QUEUED.value, Status.PENDING.value)
 
 
@@ -145,10 +142,12 @@ def heartbeat_batch(worker_id: str, leases: Sequence[tuple[str, str]], until: in
 
 
 def complete_batch(leases: Sequence[tuple[str, str]], now: int) -> Update:
-    """Finish many running jobs in one statement (no-op and fast pipelines)."""
+    """Finish many running jobs in one statement (no-op and fast pipelines); a job whose cancel
+    was requested is left for the one-by-one path, which ends it cancelled."""
     return (
         update(jobs)
-        .where(tuple_(jobs.c.id, jobs.c.lease_token).in_(list(leases)), jobs.c.status == Status.RUNNING.value)
+        .where(tuple_(jobs.c.id, jobs.c.lease_token).in_(list(leases)), jobs.c.status == Status.RUNNING.value,
+               jobs.c.cancel_requested.is_(False))
         .values(
             status=Status.COMPLETED.value,
             completed_at=now,
@@ -248,10 +247,19 @@ def notify(channel: str, payload: str = "") -> TextClause:
 
 # --- events -----------------------------------------------------------------------------------
 
-def insert_events(postgres: bool) -> Insert:
-    """Multi-row event insert; on PostgreSQL each row is stamped with its transaction id."""
-    stmt = insert(job_events)
-    return stmt.values(txid=_PG_TXID) if postgres else stmt
+# Any constant works; it only has to be the same for every writer of job_events.
+_EVENTS_LOCK_KEY = 0x67656E6C6F6F6D  # "genloom"
+
+
+def insert_events() -> Insert:
+    return insert(job_events)
+
+
+def order_event_commits() -> Select[Any]:
+    """PostgreSQL: a transaction-scoped advisory lock taken just before the event insert and held
+    to COMMIT, so event ids are handed out in commit order. PostgreSQL makes a commit visible before
+    it releases locks, so a reader who has seen id N can never later find a smaller id appear."""
+    return select(func.pg_advisory_xact_lock(_EVENTS_LOCK_KEY))
 
 
 def events_after(job_id: str, after: int, limit: int) -> Select[Any]:
@@ -263,14 +271,11 @@ def events_after(job_id: str, after: int, limit: int) -> Select[Any]:
     )
 
 
-def feed_after(project_id: str | None, after: int, limit: int, postgres: bool) -> Select[Any]:
-    """A cross-job feed in commit order: on PostgreSQL, rows of transactions that may still be
-    open beside older ones are held back until every transaction before them has ended."""
+def feed_after(project_id: str | None, after: int, limit: int) -> Select[Any]:
+    """A cross-job feed; ids are commit-ordered (see ``order_event_commits``), so ``id > after`` is safe."""
     stmt = select(job_events).where(job_events.c.id > after)
     if project_id is not None:
         stmt = stmt.where(job_events.c.project_id == project_id)
-    if postgres:
-        stmt = stmt.where(job_events.c.txid < _PG_SAFE_TXID)
     return stmt.order_by(job_events.c.id).limit(limit)
 
 

@@ -28,7 +28,7 @@ class Unit:
     _events: list[dict[str, Any]] = field(default_factory=list)
 
     def add_events(
-        self, job: Mapping[str, Any], specs: Sequence[EventSpec], now: int, request_id: str | None = None
+        self, job: Mapping[Any, Any], specs: Sequence[EventSpec], now: int, request_id: str | None = None
     ) -> None:
         """Queue events for ``job``; the caller must already hold the job's row in this unit."""
         if specs:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-
 revision = "0001"
 down_revision = None
 branch_labels = None
 depends_on = None
+
+RUNNABLE = "status IN ('queued', 'pending')"
 
 
 def upgrade() -> None:
@@ -72,7 +73,6 @@ def upgrade() -> None:
         sa.Column("error_msg", sa.Text(), nullable=True),
         sa.Column("request_id", sa.String(length=64), nullable=True),
         sa.Column("data", sa.JSON(), nullable=False),
-        sa.Column("txid", sa.BigInteger(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_job_events")),
         sqlite_autoincrement=True,
     )
@@ -123,7 +123,8 @@ def upgrade() -> None:
         sa.UniqueConstraint("project_id", "user_id", "idempotency_key", name="uq_jobs_idempotency"),
     )
     with op.batch_alter_table("jobs", schema=None) as batch_op:
-        batch_op.create_index("ix_jobs_claim", ["status", "priority", "run_after"], unique=False)
+        batch_op.create_index("ix_jobs_claim", [sa.column("priority").desc(), "run_after", "created_at"], unique=False,
+                              postgresql_where=sa.text(RUNNABLE), sqlite_where=sa.text(RUNNABLE))
         batch_op.create_index("ix_jobs_lease", ["status", "lease_expires_at"], unique=False)
         batch_op.create_index("ix_jobs_project_created", ["project_id", "created_at", "id"], unique=False)
         batch_op.create_index("ix_jobs_provider_ref", ["provider_ref"], unique=False)

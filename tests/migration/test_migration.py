@@ -1,0 +1,136 @@
+"""Migration parity (Alembic head equals schema.metadata on both databases) and an EXPLAIN
+guard on PostgreSQL that the claim is served by ix_jobs_claim, not a scan of the jobs table."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, insert, pool, text
+from sqlalchemy.dialects import postgresql
+
+from genloom.store import statements as q
+from genloom.store.engine import sync_url
+from genloom.store.migrate import current, head, is_current, upgrade
+from genloom.store.schema import jobs, metadata
+from tests.dbs import PgTemplates
+
+
+def diffs(url: str) -> list[Any]:
+    engine = create_engine(sync_url(url), poolclass=pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            # Server defaults are compared on PostgreSQL only: Alembic's SQLite comparison reports
+            # DEFAULT '' against server_default="" as a change even when they are the same.
+            opts = {"compare_type": True, "compare_server_default": engine.dialect.name == "postgresql"}
+            ctx = MigrationContext.configure(conn, opts=opts)
+            return list(compare_metadata(ctx, metadata))
+    finally:
+        engine.dispose()
+
+
+def test_head_is_applied(db_url: str) -> None:
+    assert head()
+    assert current(db_url) == head()
+    assert is_current(db_url)
+
+
+def test_alembic_head_equals_the_schema(db_url: str) -> None:
+    assert diffs(db_url) == []
+
+
+def test_upgrade_is_idempotent(db_url: str) -> None:
+    upgrade(db_url)
+    assert current(db_url) == head()
+    assert diffs(db_url) == []
+
+
+def test_a_fresh_sqlite_file_migrates_to_the_schema(tmp_path: Any) -> None:
+    url = f"sqlite:///{tmp_path / 'nested' / 'fresh.db'}"
+    upgrade(url)
+    assert is_current(url)
+    assert diffs(url) == []
+
+
+# --- the EXPLAIN guard ----------------------------------------------------------------------
+
+ROWS = 5000
+
+
+@pytest.fixture
+def pg_url(pg_templates: PgTemplates) -> Iterator[str]:
+    url = pg_templates.clone()
+    yield url
+    pg_templates.drop(url)
+
+
+def seed_history(url: str, runnable: int) -> None:
+    """A table like a running service's: ``runnable`` queued or pending jobs among finished ones."""
+    rows = []
+    for i in range(ROWS):
+        if i % (ROWS // runnable) == 0:
+            status = ("queued", "pending")[i % 2]
+        else:
+            status = ("completed", "failed", "cancelled", "running")[i % 4]
+        rows.append({
+            "id": f"job_{i:06d}", "project_id": "prj", "user_id": "", "type": "noop", "input": {},
+            "params_hash": "x" * 64, "status": status, "priority": i % 3, "run_after": 1_000_000 + i,
+            "created_at": 1_000_000 + i, "updated_at": 1_000_000 + i,
+        })
+    engine = create_engine(sync_url(url), poolclass=pool.NullPool)
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(jobs), rows)
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("ANALYZE jobs"))
+    finally:
+        engine.dispose()
+
+
+def explain(url: str, stmt: Any) -> Any:
+    """The plan PostgreSQL picks for ``stmt`` with its values inlined."""
+    compiled = stmt.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True})
+    engine = create_engine(sync_url(url), poolclass=pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            plan = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + str(compiled).replace("%", "%%")).scalar_one()
+    finally:
+        engine.dispose()
+    return json.loads(plan) if isinstance(plan, str) else plan
+
+
+def scans(plan: Any) -> list[tuple[str, str]]:
+    """(node type, index or relation) for every scan in a plan, outermost first."""
+    out: list[tuple[str, str]] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if "Scan" in str(node.get("Node Type", "")):
+                out.append((node["Node Type"], node.get("Index Name") or node.get("Relation Name") or ""))
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(plan)
+    return out
+
+
+#: A quiet service (a few runnable among thousands of finished jobs) and one with a backlog.
+BACKLOGS = [40, 4000]
+
+
+@pytest.mark.parametrize("runnable", BACKLOGS, ids=[f"{n}-runnable" for n in BACKLOGS])
+@pytest.mark.parametrize("types", [None, ["noop", "motion"]], ids=["any-type", "by-type"])
+def test_claim_uses_the_claim_index(pg_url: str, runnable: int, types: list[str] | None) -> None:
+    seed_history(pg_url, runnable)
+    stmt = q.claim_batch(postgres=True, worker_id="w", token="t" * 24, now=2_000_000, lease_until=2_030_000,
+                         limit=16, types=types)
+    found = scans(explain(pg_url, stmt))
+    assert ("Seq Scan", "jobs") not in found, found
+    assert any(name == "ix_jobs_claim" for _, name in found), found

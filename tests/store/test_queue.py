@@ -1,0 +1,318 @@
+"""The jobs table as a queue: claim order, delays, batches, heartbeats, fencing, release,
+batched completion, and two workers sharing one queue (two processes on PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+
+from genloom.clock import ms
+from genloom.errors import LeaseLost
+from genloom.jobs import JobSpec
+from genloom.lifecycle import EventType, Status
+from genloom.models import EventSpec
+from genloom.retry import Decision
+from genloom.runtime import open_core
+from genloom.store.schema import jobs as jobs_table
+from tests.store.helpers import (
+    all_job_rows,
+    claim_exactly,
+    event_rows,
+    in_state,
+    job_row,
+    make_project,
+    permanent,
+    run_procs,
+    seed_queue,
+)
+from tests.support import TestCatalog
+
+pytestmark = pytest.mark.anyio
+
+LEASE_MS = 30_000  # Settings.lease_seconds
+
+
+async def create(core: Any, project: Any, **spec: Any) -> Any:
+    spec.setdefault("input", {})
+    job, _ = await core.jobs.create(project, JobSpec(type=spec.pop("type", "noop"), **spec))
+    return job
+
+
+async def test_claim_order_is_priority_then_oldest(manual: Any) -> None:
+    project = await make_project(manual, billing=False)
+    made = []
+    for name, priority in [("a", 0), ("b", 5), ("c", 0), ("d", 10), ("e", 5), ("f", -1)]:
+        made.append((name, priority, await create(manual, project, input={"n": name}, priority=priority)))
+        manual.clock.advance(1)
+    by_id = {job.id: name for name, _, job in made}
+    order = []
+    while claimed := await manual.queue.claim("w", limit=1):
+        order.append(by_id[claimed[0].id])
+    assert order == ["d", "b", "e", "a", "c", "f"]
+
+
+async def test_a_batch_comes_in_claim_order(manual: Any) -> None:
+    project = await make_project(manual, billing=False)
+    names = {}
+    for name, priority in [("a", 0), ("b", 1), ("c", 0), ("d", 2)]:
+        names[(await create(manual, project, input={"n": name}, priority=priority)).id] = name
+        manual.clock.advance(0.01)
+    claimed = await manual.queue.claim("w", limit=10)
+    assert sorted(names[j.id] for j in claimed) == ["a", "b", "c", "d"]
+    assert [j.attempt for j in claimed] == [1, 1, 1, 1]
+    assert len({j.lease_token for j in claimed}) == 1  # one token per claim
+
+
+async def test_run_after_is_respected(manual: Any) -> None:
+    project = await make_project(manual, billing=False)
+    later = await create(manual, project, delay_seconds=10, priority=100)
+    assert await manual.queue.claim("w", limit=5) == []
+    assert await manual.queue.next_due_in() == 10.0
+    now_job = await create(manual, project)
+    assert [j.id for j in await manual.queue.claim("w", limit=5)] == [now_job.id]
+    manual.clock.advance(9.999)
+    assert await manual.queue.claim("w", limit=5) == []
+    manual.clock.advance(0.001)
+    assert [j.id for j in await manual.queue.claim("w", limit=5)] == [later.id]
+    assert await manual.queue.next_due_in() is None
+
+
+async def test_claims_come_in_batches_of_at_most_limit(core: Any) -> None:
+    project = await make_project(core, billing=False)
+    created = {(await create(core, project, input={"i": i})).id for i in range(25)}
+    sizes, seen = [], []
+    while claimed := await core.queue.claim("w", limit=10):
+        sizes.append(len(claimed))
+        seen += [j.id for j in claimed]
+    assert sizes == [10, 10, 5]
+    assert sorted(seen) == sorted(created)
+
+
+async def test_claim_filters_by_type(core: Any) -> None:
+    project = await make_project(core, billing=False)
+    noop = await create(core, project)
+    motion = await create(core, project, type="motion")
+    assert [j.id for j in await core.queue.claim("w", types=["motion"], limit=5)] == [motion.id]
+    assert await core.queue.claim("w", types=["motion"], limit=5) == []
+    assert [j.id for j in await core.queue.claim("w", types=["noop", "sync"], limit=5)] == [noop.id]
+
+
+async def test_claim_writes_started_and_leases(manual: Any) -> None:
+    project = await make_project(manual, billing=False)
+    job = await create(manual, project)
+    [claimed] = await manual.queue.claim("w_a", limit=1)
+    now = ms(manual.clock.now())
+    assert claimed.status == Status.RUNNING
+    assert (claimed.lease_owner, claimed.lease_expires_at, claimed.started_at) == ("w_a", now + LEASE_MS, now)
+    events = await event_rows(manual, job.id)
+    assert [(e["type"], e["attempt"], e["data"]) for e in events] == [
+        ("queued", 0, {}), ("started", 1, {"worker": "w_a"})
+    ]
+
+
+async def test_sync_jobs_are_created_pending_and_claimed_pending_to_running(core: Any) -> None:
+    project = await make_project(core, credits=1)
+    job = await create(core, project, type="sync")
+    assert job.status == Status.PENDING and job.queued_at is None
+    assert await event_rows(core, job.id) == []
+    running = await claim_exactly(core, job.id)
+    assert (running.status, running.attempt) == (Status.RUNNING, 1)
+    assert [e["type"] for e in await event_rows(core, job.id)] == ["started"]
+    done = await core.queue.complete(running)
+    assert done.status == Status.COMPLETED
+
+
+async def test_heartbeat_extends_held_leases_and_reports_lost_ones(manual: Any) -> None:
+    project = await make_project(manual, billing=False)
+    a = await create(manual, project, input={"n": 1})
+    b = await create(manual, project, input={"n": 2})
+    claimed = await manual.queue.claim("w_a", limit=2)
+    assert {j.id for j in claimed} == {a.id, b.id}
+    token = claimed[0].lease_token
+    manual.clock.advance(20)
+    lost = await manual.queue.heartbeat("w_a", [(a.id, token), (b.id, token)])
+    assert lost == set()
+    for j in (a, b):
+        assert (await job_row(manual, j.id))["lease_expires_at"] == ms(manual.clock.now()) + LEASE_MS
+    # a wrong token, another worker's name, or a job that is no longer running: lost
+    assert await manual.queue.heartbeat("w_a", [(a.id, "wrong")]) == {a.id}
+    assert await manual.queue.heartbeat("w_b", [(a.id, token)]) == {a.id}
+    await manual.queue.complete(next(j for j in claimed if j.id == b.id))
+    assert await manual.queue.heartbeat("w_a", [(a.id, token), (b.id, token)]) == {b.id}
+    assert await manual.queue.heartbeat("w_a", []) == set()
+
+
+async def stale_and_fresh(core: Any, project: Any, expire: Any) -> tuple[Any, Any]:
+    """Worker A claims, its lease runs out and is rescued, worker B claims the job again."""
+    job = await create(core, project)
+    [a] = await core.queue.claim("w_a", limit=1)
+    await expire(a)
+    rescued = await core.jobs.transition(job.id, Status.QUEUED, lease_expired_before=ms(core.clock.now()))
+    assert rescued.status == Status.QUEUED and rescued.lease_token is None
+    [b] = await core.queue.claim("w_b", limit=1)
+    assert b.id == job.id and b.attempt == 2 and b.lease_token != a.lease_token
+    return a, b
+
+
+async def assert_stale_worker_is_fenced(core: Any, a: Any, b: Any) -> None:
+    before = await job_row(core, a.id)
+    b_started = max(e["id"] for e in await event_rows(core, a.id) if e["type"] == "started")
+    ev = [EventSpec(EventType.STAGE_STARTED, stage="stale")]
+    with pytest.raises(LeaseLost):
+        await core.queue.touch(a, values={"stage": "stale", "progress": 0.5}, events=ev)
+    with pytest.raises(LeaseLost):
+        await core.queue.complete(a, result_key="stale")
+    with pytest.raises(LeaseLost):
+        await core.queue.fail(a, permanent(), "stale")
+    with pytest.raises(LeaseLost):
+        await core.queue.fail(a, Decision(True, 1.0, "transient_error"), "stale")
+    with pytest.raises(LeaseLost):
+        await core.queue.release(a)
+    with pytest.raises(LeaseLost):
+        await core.queue.cancelled(a)
+    assert await core.queue.heartbeat("w_a", [(a.id, a.lease_token)]) == {a.id}
+    assert await core.queue.complete_many([a]) == []
+    assert await job_row(core, a.id) == before
+    assert [e for e in await event_rows(core, a.id) if e["id"] > b_started] == []
+    # B's writes still go through
+    await core.queue.touch(b, values={"stage": "fresh"}, events=[EventSpec(EventType.STAGE_STARTED, stage="fresh")])
+    assert await core.queue.heartbeat("w_b", [(b.id, b.lease_token)]) == set()
+    done = await core.queue.complete(b, result_key="fresh")
+    assert (done.status, done.result_key, done.attempt) == (Status.COMPLETED, "fresh", 2)
+    types = [(e["type"], e["attempt"]) for e in await event_rows(core, a.id)]
+    assert types == [("queued", 0), ("started", 1), ("queued", 1), ("started", 2),
+                     ("stage_started", 2), ("completed", 2)]
+
+
+async def test_fencing_with_a_manual_clock(manual: Any) -> None:
+    project = await make_project(manual, credits=1)
+
+    async def expire(_: Any) -> None:
+        manual.clock.advance(LEASE_MS / 1000 + 1)
+
+    a, b = await stale_and_fresh(manual, project, expire)
+    await assert_stale_worker_is_fenced(manual, a, b)
+
+
+async def test_fencing_after_the_lease_is_set_in_the_past(core: Any) -> None:
+    project = await make_project(core, credits=1)
+
+    async def expire(a: Any) -> None:
+        async with core.db.tx() as conn:
+            await conn.execute(update(jobs_table).where(jobs_table.c.id == a.id)
+                               .values(lease_expires_at=ms(core.clock.now()) - 1000))
+
+    a, b = await stale_and_fresh(core, project, expire)
+    await assert_stale_worker_is_fenced(core, a, b)
+
+
+async def test_release_gives_the_attempt_back(manual: Any) -> None:
+    project = await make_project(manual, billing=False)
+    job = await create(manual, project)
+    running = await claim_exactly(manual, job.id)
+    released = await manual.queue.release(running, delay=5)
+    assert (released.status, released.attempt, released.lease_token) == (Status.QUEUED, 0, None)
+    assert released.run_after == ms(manual.clock.now()) + 5000
+    assert await manual.queue.claim("w", limit=1) == []
+    manual.clock.advance(5)
+    again = await claim_exactly(manual, job.id)
+    assert again.attempt == 1
+
+
+async def test_transient_failure_requeues_with_backoff(manual: Any) -> None:
+    project = await make_project(manual, credits=1)
+    job = await create(manual, project)
+    running = await claim_exactly(manual, job.id)
+    requeued = await manual.queue.fail(running, Decision(True, 4.0, "transient_error"), "timeout talking to x")
+    assert (requeued.status, requeued.attempt, requeued.error_code) == (Status.QUEUED, 1, "transient_error")
+    assert requeued.run_after == ms(manual.clock.now()) + 4000 and requeued.charged
+    retry = [e for e in await event_rows(manual, job.id) if e["type"] == "retry_scheduled"]
+    assert [(r["error_code"], r["data"]) for r in retry] == [
+        ("transient_error", {"delay_ms": 4000, "next_attempt": 2})
+    ]
+    assert await manual.queue.claim("w", limit=1) == []
+    manual.clock.advance(4)
+    assert (await claim_exactly(manual, job.id)).attempt == 2
+
+
+async def test_complete_many(core: Any) -> None:
+    project = await make_project(core, billing=False)
+    for i in range(5):
+        await create(core, project, input={"i": i})
+    claimed = await core.queue.claim("w", limit=5)
+    done = await core.queue.complete_many(claimed)
+    assert sorted(j.id for j in done) == sorted(j.id for j in claimed)
+    for j in done:
+        assert (j.status, j.progress, j.lease_token) == (Status.COMPLETED, 1.0, None)
+        assert j.completed_at is not None
+        assert [e["type"] for e in await event_rows(core, j.id)] == ["queued", "started", "completed"]
+    assert await core.queue.complete_many(claimed) == []  # a second time changes nothing
+    assert await core.queue.complete_many([]) == []
+
+
+async def test_complete_many_honours_a_cancel_request(core: Any) -> None:
+    """Like complete(): a job whose cancel was requested ends cancelled (and refunded)."""
+    project = await make_project(core, credits=2)
+    await create(core, project, input={"i": 1})
+    await create(core, project, input={"i": 2})
+    claimed = await core.queue.claim("w", limit=2)
+    await core.jobs.cancel(claimed[0].id)
+    await core.queue.complete_many(claimed)
+    assert (await job_row(core, claimed[0].id))["status"] == "cancelled"
+    assert (await job_row(core, claimed[1].id))["status"] == "completed"
+    assert await core.credits.balance(project.id, "") == 1
+
+
+async def test_claim_never_takes_a_running_or_terminal_job(core: Any) -> None:
+    project = await make_project(core, credits=10)
+    for s in (Status.RUNNING, Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.EXPIRED):
+        await in_state(core, project, s)
+    assert await core.queue.claim("w", limit=10) == []
+
+
+N_JOBS = 1000
+BATCH = 25
+
+
+async def claim_loop(core: Any, worker: str) -> dict[str, list[Any]]:
+    claimed: list[str] = []
+    completed: list[str] = []
+    batches: list[int] = []
+    while jobs := await core.queue.claim(worker, limit=BATCH):
+        batches.append(len(jobs))
+        claimed += [j.id for j in jobs]
+        completed += [j.id for j in await core.queue.complete_many(jobs)]
+        await asyncio.sleep(0)
+    return {"claimed": claimed, "completed": completed, "batches": batches}
+
+
+async def test_two_workers_share_one_queue(core: Any, settings: Any, db_url: str) -> None:
+    """Every job runs exactly once: in one process on SQLite, in two OS processes on PostgreSQL."""
+    ids = await seed_queue(core, await make_project(core, billing=False), N_JOBS)
+    if core.db.is_postgres:
+        results = await run_procs([["work", db_url, "w_one", str(BATCH)], ["work", db_url, "w_two", str(BATCH)]])
+    else:
+        other = await open_core(settings, TestCatalog())
+        try:
+            results = list(await asyncio.gather(claim_loop(core, "w_one"), claim_loop(other, "w_two")))
+        finally:
+            await other.close()
+    claimed = [j for r in results for j in r["claimed"]]
+    completed = [j for r in results for j in r["completed"]]
+    assert len(claimed) == len(set(claimed)) == N_JOBS
+    assert set(claimed) == ids
+    assert sorted(completed) == sorted(claimed)
+    assert all(0 < b <= BATCH for r in results for b in r["batches"])
+    assert all(r["claimed"] for r in results), "both workers should have got work"
+    events = await event_rows(core)
+    for kind in ("started", "completed"):
+        per_job = [e["job_id"] for e in events if e["type"] == kind]
+        assert len(per_job) == len(set(per_job)) == N_JOBS, kind
+    for w, r in zip(("w_one", "w_two"), results, strict=True):
+        mine = {e["job_id"] for e in events if e["type"] == "started" and e["data"] == {"worker": w}}
+        assert mine == set(r["claimed"])
+    assert {row["status"] for row in await all_job_rows(core)} == {"completed"}
+    assert [e["type"] for e in await event_rows(core, claimed[0])] == ["queued", "started", "completed"]
