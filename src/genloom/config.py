@@ -55,7 +55,6 @@ class Settings(BaseSettings):
     # reconciler
     reconcile_seconds: float = 60.0
     provider_requery_after_seconds: float = 25.0
-    provider_finalize_after_seconds: float = 300.0
     provider_stall_after_seconds: float = 600.0
     callback_deadline_seconds: float = 900.0
 
@@ -75,11 +74,15 @@ class Settings(BaseSettings):
     replicate_url: str = "https://api.replicate.com"
     replicate_token: SecretStr = SecretStr("")
     replicate_webhook_secret: SecretStr = SecretStr("")
-    motion_provider: Literal["local", "replicate"] = "local"
-    motion_model: str = ""
+    static_ad_provider: Literal["local", "replicate"] = "local"
+    static_ad_model: str = "black-forest-labs/flux-schnell"
+    tts_provider: Literal["local", "replicate"] = "local"
+    tts_model: str = ""
     chat_url: str = ""
     chat_api_key: SecretStr = SecretStr("")
     chat_model: str = "llama3.1"
+
+    auto_migrate: bool = True  # bring the schema to head on start (advisory-locked on PostgreSQL)
 
     # billing: the embedded default project is unmetered unless this is set
     default_project_billing: bool = False

@@ -188,6 +188,12 @@ class Jobs:
                                    request_id=request_id)
         return new
 
+    async def by_provider_ref(self, provider: str, ref: str) -> Job | None:
+        """The job waiting on a provider's prediction (a callback that names only the prediction)."""
+        async with self.db.read() as conn:
+            row = (await conn.execute(q.select_by_provider_ref(provider, ref))).mappings().first()
+        return Job.from_row(row) if row is not None else None
+
     async def finish(
         self, job_id: str, *, lease_token: str | None, values: dict[str, Any], events: Sequence[EventSpec] = (),
         provider_ref: str | None = None,

@@ -55,6 +55,10 @@ def select_job(job_id: str, project_id: str | None = None) -> Select[Any]:
     return stmt
 
 
+def select_by_provider_ref(provider: str, ref: str) -> Select[Any]:
+    return select(jobs).where(jobs.c.provider_ref == ref, jobs.c.provider == provider)
+
+
 def lock_job(job_id: str, postgres: bool) -> Select[Any]:
     """Read a job and hold its row until commit (SQLite's BEGIN IMMEDIATE already serialises)."""
     stmt = select(jobs).where(jobs.c.id == job_id)

@@ -1,0 +1,1 @@
+"""Job types as pipelines of stages: the registry (public extension point) and the built-ins."""
