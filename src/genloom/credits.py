@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 
 from genloom.clock import Clock, ms
-from genloom.errors import InsufficientCredits, InvalidInput
+from genloom.errors import InsufficientCredits, InvalidInput, NotFound
 from genloom.notify import Notifier
 from genloom.store import statements as q
 from genloom.store.engine import Database
@@ -68,6 +68,8 @@ class Credits:
             raise InvalidInput("a grant must be a positive number of credits")
         now = ms(self.clock.now())
         async with unit(self.db, self.notifier) as u:
+            if (await u.conn.execute(q.select_project(project_id))).first() is None:
+                raise NotFound(f"no project {project_id!r}", project_id=project_id)
             await _ensure_account(u, project_id, user_id)
             await u.conn.execute(q.credit_account(project_id, user_id, amount))
             await u.conn.execute(
