@@ -3,37 +3,44 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+BASE   := $(VENV)/.installed-base
+DEV    := $(VENV)/.installed-dev
 
 .PHONY: demo test lint typecheck unit bench serve clean
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $(STAMP)
 
-demo: $(STAMP)
+$(BASE): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $(BASE)
+
+$(DEV): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(BASE) $(DEV)
+
+demo: $(BASE)
 	$(BIN)/genloom demo
 
-lint: $(STAMP)
+lint: $(DEV)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/lint-imports
 
-typecheck: $(STAMP)
+typecheck: $(DEV)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(DEV)
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
 
-bench: $(STAMP)
-	$(BIN)/python -m bench.queue
-	$(BIN)/python -m bench.render
+bench: $(DEV)
+	$(BIN)/python bench/queue.py
+	$(BIN)/python bench/render.py
 
-serve: $(STAMP)
+serve: $(BASE)
 	$(BIN)/genloom serve
 
 clean:
-	rm -rf $(VENV) .genloom
+	rm -rf $(VENV) genloom-data
