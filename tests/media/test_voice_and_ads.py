@@ -11,7 +11,7 @@ from PIL import Image
 
 from genloom.errors import InvalidInput
 from genloom.media.ads import render_ad, template_copy
-from genloom.media.voice import RATE, synthesize, syllables
+from genloom.media.voice import RATE, syllables, synthesize
 
 
 def test_voice_is_a_mono_wav_paced_like_speech(tmp_path: Path) -> None:
