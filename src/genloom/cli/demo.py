@@ -41,7 +41,7 @@ def demo(
         seconds = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else 0.0
         console.print(f"[green]rendered[/] {stream.codec_context.name} {stream.width}x{stream.height}, "
                       f"{stream.frames} frames, {seconds:.1f} s")
-    console.print(str(path.resolve()), highlight=False)
+    typer.echo(str(path.resolve()))  # plain: a script takes the last line as the path
 
 
 async def _demo(settings: Settings, mode: str, motion: str, dur: float, aspect: str) -> Path | None:

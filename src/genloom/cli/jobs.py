@@ -72,9 +72,9 @@ def finish(job: dict[str, Any], as_json: bool) -> None:
     elif job["status"] == "completed":
         console.print(f"[green]completed[/] {job['id']}")
         if job.get("result_path"):
-            console.print(job["result_path"], highlight=False)
+            typer.echo(job["result_path"])
         elif job.get("result_url"):
-            console.print(job["result_url"], highlight=False)
+            typer.echo(job["result_url"])
         elif job.get("result"):
             emit_json(job["result"])
     else:
