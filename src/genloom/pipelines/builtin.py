@@ -46,6 +46,7 @@ class MotionInput(_Input):
     dur: float = Field(4.0, gt=0, le=30, description="seconds")
     prompt: str = Field("", max_length=2000)
     seed: int = Field(0, ge=0, le=2**31 - 1)
+    idem: str = Field("", max_length=100, description="a variant tag: a different idem is a distinct asset")
     aspect: renderer.Aspect = "9:16"
     height: Height = 720
 
@@ -78,6 +79,7 @@ class StaticAdInput(CopyInput):
     body: str = Field("", max_length=500)
     cta: str = Field("", max_length=40)
     image_url: str = Field("", max_length=2048)
+    style: str = Field("", max_length=40, description="e.g. lifestyle, studio; steers the provider's prompt")
     aspect: renderer.Aspect = "1:1"
     seed: int = Field(0, ge=0, le=2**31 - 1)
 
@@ -306,10 +308,10 @@ async def static_ad_submit(ctx: StageContext) -> None:
     s = ctx.services.settings
     provider = s.static_ad_provider
     if provider == "replicate":
-        prompt = f"A clean product ad for {inp.name}. {inp.description} {inp.headline}".strip()
+        prompt = f"A {inp.style or 'clean'} product ad for {inp.name}. {inp.description} {inp.headline}".strip()
         await ctx.submit("replicate", s.static_ad_model, {"prompt": prompt, "aspect_ratio": inp.aspect}, webhook=True)
     else:
-        payload: dict[str, Any] = inp.model_dump(exclude={"image_url"})
+        payload: dict[str, Any] = inp.model_dump(exclude={"image_url", "style"})
         if inp.image_url:  # fetched now, with the job's rules; the provider reads it from its own folder
             dest = Path(s.data_dir) / "predictions" / "inputs" / f"{ctx.job.id}-{ctx.job.attempt}"
             dest.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,15 @@
+"""The compatibility layers run against the same real server processes as the API tests."""
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.api.conftest import ApiServer, Tenant, admin, fake_replicate, make_project, other, server, tenant  # noqa: F401 - fixtures, by name
+
+
+@pytest.fixture
+def billed(server: ApiServer) -> Iterator[Tenant]:  # noqa: F811 - the imported fixture, by name
+    """A metered project: jobs are charged to their user's credits."""
+    keys = make_project(server.db_url, billing=True)
+    with server.client(keys.secret_key) as http:
+        yield Tenant(server, keys, http)
