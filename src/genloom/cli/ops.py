@@ -45,16 +45,12 @@ def serve(
     no_worker: Annotated[bool, typer.Option("--no-worker", help="API only; run `genloom worker` elsewhere.")] = False,
 ) -> None:
     """Start the API with the worker, reconciler and webhook dispatcher in one process."""
-    import uvicorn
-
-    from genloom.api import create_app
+    from genloom.api import run_server
 
     settings = _settings(db, data_dir, storage=storage, host=host, port=port, concurrency=workers)
-    configure_logging(settings.log_level, settings.log_json)
     console.print(f"genloom serving on http://{settings.host}:{settings.port}  (database: "
                   f"{settings.masked()['database_url'] or 'SQLite in ' + str(settings.data_dir)})", highlight=False)
-    uvicorn.run(create_app(settings, background=not no_worker), host=settings.host, port=settings.port,
-                log_config=None, access_log=False, timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5)
+    run_server(settings, background=not no_worker)
 
 
 def worker(
