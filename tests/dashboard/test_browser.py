@@ -33,7 +33,8 @@ def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--autoplay-policy=no-user-gesture-required"])
+        flags = ["--no-sandbox", "--autoplay-policy=no-user-gesture-required"]
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=flags)
         yield b
         b.close()
 
