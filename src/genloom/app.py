@@ -83,7 +83,8 @@ class App:
 def build_storage(settings: Settings) -> Any:
     if settings.storage == "s3":
         return S3Storage(settings.s3_bucket, settings.s3_endpoint_url or None, settings.s3_region,
-                         settings.s3_access_key.get_secret_value(), settings.s3_secret_key.get_secret_value())
+                         settings.s3_access_key.get_secret_value(), settings.s3_secret_key.get_secret_value(),
+                         settings.s3_prefix, path_style=settings.s3_path_style)
     return LocalStorage(Path(settings.data_dir) / "storage")
 
 

@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     s3_region: str = "auto"
     s3_access_key: SecretStr = SecretStr("")
     s3_secret_key: SecretStr = SecretStr("")
+    s3_prefix: str = ""
+    s3_path_style: bool = False  # MinIO and other self-hosted S3 servers want path-style URLs
 
     # serving
     host: str = "127.0.0.1"
