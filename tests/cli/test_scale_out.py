@@ -87,8 +87,8 @@ def cluster(pg_templates: PgTemplates, s3_server: S3Server, tmp_path: Path) -> I
 
 def test_two_apis_three_workers_postgresql_and_s3(cluster: Cluster) -> None:
     subprocess.run([*GENLOOM, "db", "upgrade"], env=cluster.env, check=True, capture_output=True, timeout=60)
-    made = subprocess.run([*GENLOOM, "projects", "create", "scale", "--credits", "1000", "--json"], env=cluster.env, check=True,
-                          capture_output=True, text=True, timeout=60)
+    create = [*GENLOOM, "projects", "create", "scale", "--credits", "1000", "--json"]
+    made = subprocess.run(create, env=cluster.env, check=True, capture_output=True, text=True, timeout=60)
     key = json.loads(made.stdout)["secret_key"]
     api_a, api_b = cluster.api("api-a"), cluster.api("api-b")
     workers = [cluster.start("worker", "--concurrency", "2", name=f"worker-{i}") for i in range(3)]
