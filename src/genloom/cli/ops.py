@@ -111,12 +111,18 @@ def projects_create(
     name: str, db: DbOpt = None, data_dir: DataOpt = None,
     billing: Annotated[bool, typer.Option(help="Meter jobs against credits.")] = True,
     credits: Annotated[int, typer.Option(help="Credits to grant the default user.")] = 0,
+    allow_origin: Annotated[list[str] | None, typer.Option(
+        "--allow-origin", help="A source origin the public key may use (Motioness proxy URL); repeatable.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a project and print its keys once (only a hash of the secret key is kept)."""
+    origins = [o.rstrip("/") for o in allow_origin or []]
+    for origin in origins:
+        if not origin.startswith(("https://", "http://")) or origin.count("/") != 2:
+            fail(f"not an origin: {origin}", "an origin is scheme://host[:port], e.g. https://cdn.example.com", code=2)
 
     async def go(core: Any) -> dict[str, Any]:
-        issued = await core.projects.create(name, billing=billing)
+        issued = await core.projects.create(name, billing=billing, allowed_origins=origins)
         if credits:
             await core.credits.grant(issued.project.id, "", credits)
         return {"project_id": issued.project.id, "public_key": issued.public_key, "secret_key": issued.secret_key}
