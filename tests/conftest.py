@@ -62,3 +62,30 @@ async def core(settings: Any) -> AsyncIterator[Any]:
     c = await open_core(settings, TestCatalog())
     yield c
     await c.close()
+
+
+# --- PostgreSQL-only tests ------------------------------------------------------------------------
+# ``@pytest.mark.postgresql_only`` on a test that uses ``db_url`` (itself or through ``settings``,
+# ``core``, ``manual``): the test is parametrised for postgresql alone (``test_x[postgresql]``)
+# instead of running on SQLite and skipping there. For what only the PostgreSQL deployment can
+# show (several writer processes, interleavings SQLite's single writer rules out); nothing is
+# reported as skipped. The ``db_url`` fixture itself is unchanged.
+
+_ON_POSTGRESQL_ONLY = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "postgresql_only: parametrise db_url for postgresql alone (the test never runs on SQLite)"
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # Runs before pytest's own parametrisation: the added parametrize mark then takes precedence over
+    # the db_url fixture's params, exactly as if it were written on the test.
+    if metafunc.definition.get_closest_marker("postgresql_only") is None:
+        return
+    if "db_url" not in metafunc.fixturenames:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: postgresql_only needs a test that uses db_url")
+    metafunc.definition.add_marker(_ON_POSTGRESQL_ONLY)

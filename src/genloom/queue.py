@@ -39,9 +39,10 @@ class Queue:
         now = self._now()
         token = new_lease_token()
         async with unit(self.db, self.notifier) as u:
-            stmt = q.claim_batch(postgres=u.postgres, worker_id=worker_id, token=token, now=now,
-                                 lease_until=now + self.lease_ms, limit=limit, types=types)
-            rows = (await u.conn.execute(stmt)).mappings().all()
+            params = q.claim_params(worker_id=worker_id, token=token, now=now, lease_until=now + self.lease_ms,
+                                    limit=limit, types=types)
+            stmt = q.claim_prepared(u.postgres, types is not None)
+            rows = (await u.conn.execute(stmt, params)).mappings().all()
             for row in rows:
                 u.add_events(row, [EventSpec(EventType.STARTED, data={"worker": worker_id})], now)
         claimed = [Job.from_row(r) for r in rows]
@@ -89,7 +90,8 @@ class Queue:
         now = self._now()
         leases = [(j.id, j.lease_token or "") for j in jobs]
         async with unit(self.db, self.notifier) as u:
-            rows = (await u.conn.execute(q.complete_batch(leases, now))).mappings().all()
+            stmt = q.complete_prepared()
+            rows = (await u.conn.execute(stmt, q.complete_params(leases, now))).mappings().all()
             for row in rows:
                 u.add_events(row, [EventSpec(EventType.COMPLETED)], now)
         done = [Job.from_row(r) for r in rows]

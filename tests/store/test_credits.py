@@ -98,9 +98,8 @@ async def test_concurrent_creates_from_several_cores(core: Any, settings: Any) -
     assert await assert_books_balance(core, project.id) == 0
 
 
+@pytest.mark.postgresql_only  # several writer processes are the PostgreSQL deployment; SQLite: the test above
 async def test_concurrent_creates_from_several_processes(core: Any, db_url: str) -> None:
-    if not core.db.is_postgres:
-        pytest.skip("several writer processes are the PostgreSQL deployment; SQLite has its one-process test")
     project = await make_project(core, credits=10)
     results = await run_procs([["create", db_url, project.id, str(n)] for n in (34, 33, 33)])
     assert [r["other"] for r in results] == [[], [], []]

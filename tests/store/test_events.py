@@ -174,9 +174,8 @@ async def test_a_cursor_reader_never_misses_an_event_under_concurrent_writers(co
     assert len(follower.feed_seen) == JOBS * (2 + 3 * ROUNDS * 2 + 1) + 10 * 2
 
 
+@pytest.mark.postgresql_only  # several writer processes are the PostgreSQL deployment; SQLite: the test above
 async def test_a_cursor_reader_never_misses_an_event_written_by_other_processes(core: Any, db_url: str) -> None:
-    if not core.db.is_postgres:
-        pytest.skip("several writer processes are the PostgreSQL deployment; SQLite has its one-process test")
     project = await make_project(core, credits=100)
     jobs = await running_jobs(core, project, JOBS)
     ids = [j.id for j in jobs]
@@ -196,12 +195,11 @@ async def test_a_cursor_reader_never_misses_an_event_written_by_other_processes(
     assert len(follower.feed_seen) == JOBS * (2 + (PROCS + 1) * ROUNDS * 2)
 
 
+@pytest.mark.postgresql_only  # SQLite has one writer at a time: this interleaving cannot happen there
 async def test_the_feed_never_skips_an_event_of_a_transaction_still_committing(core: Any) -> None:
     """Two writers on different jobs: B locks its job first (so its transaction id is older) but
     A inserts its events first (so A's event id is smaller) and commits last. A reader that read
     B's event must still be shown A's afterwards."""
-    if not core.db.is_postgres:
-        pytest.skip("SQLite has one writer at a time: this interleaving cannot happen")
     project = await make_project(core, billing=False)
     job_a, job_b = await running_jobs(core, project, 2)
     follower = Follower(core, [job_a.id, job_b.id])

@@ -4,10 +4,13 @@ batched completion, and two workers sharing one queue (two processes on PostgreS
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
+import psycopg
 import pytest
-from sqlalchemy import update
+from sqlalchemy import text, update
+from sqlalchemy.dialects import postgresql
 
 from genloom.clock import ms
 from genloom.errors import LeaseLost
@@ -16,6 +19,7 @@ from genloom.lifecycle import EventType, Status
 from genloom.models import EventSpec
 from genloom.retry import Decision
 from genloom.runtime import open_core
+from genloom.store import statements as q
 from genloom.store.schema import jobs as jobs_table
 from tests.store.helpers import (
     all_job_rows,
@@ -316,3 +320,57 @@ async def test_two_workers_share_one_queue(core: Any, settings: Any, db_url: str
         assert mine == set(r["claimed"])
     assert {row["status"] for row in await all_job_rows(core)} == {"completed"}
     assert [e["type"] for e in await event_rows(core, claimed[0])] == ["queued", "started", "completed"]
+
+
+def generic_plan(db_url: str, stmt: Any) -> list[tuple[str, str]]:
+    """(scan node, index or table) of PostgreSQL's *generic* plan for ``stmt`` as psycopg prepares
+    it (on its fifth use), so parameters are unknown to the planner."""
+    compiled = stmt.compile(dialect=postgresql.psycopg.dialect(), compile_kwargs={"render_postcompile": True})
+    names: list[str] = []
+
+    def placeholder(m: re.Match[str]) -> str:
+        if m.group(1) not in names:
+            names.append(m.group(1))
+        return f"${names.index(m.group(1)) + 1}"
+
+    sql = re.sub(r"%\((\w+)\)s", placeholder, str(compiled))
+    found: list[tuple[str, str]] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if "Scan" in str(node.get("Node Type", "")):
+                found.append((node["Node Type"], node.get("Index Name") or node.get("Relation Name") or ""))
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+        conn.execute(f"PREPARE claim AS {sql}")  # type: ignore[arg-type]
+        nulls = ", ".join(["NULL"] * len(names))
+        walk(conn.execute(f"EXPLAIN (FORMAT JSON) EXECUTE claim({nulls})").fetchone()[0])  # type: ignore[arg-type, index]
+    return found
+
+
+@pytest.mark.postgresql_only
+@pytest.mark.parametrize("types", [None, ["noop", "motion"]], ids=["any-type", "by-type"])
+async def test_a_prepared_claim_keeps_the_claim_index(core: Any, db_url: str, types: list[str] | None) -> None:
+    """The queue's claim statement once psycopg has prepared it: the claimable states are SQL
+    literals, so even the generic plan proves the partial claim index's predicate (with them as
+    parameters it scanned the whole table twice, history included)."""
+    async with core.db.tx() as conn:
+        await conn.execute(text(
+            "INSERT INTO jobs (id, project_id, user_id, type, input, params_hash, status, priority, run_after,"
+            " created_at, updated_at) SELECT 'job_' || g, 'prj', '', 'noop', '{}', 'x',"
+            " CASE WHEN g % 100 = 0 THEN 'queued' ELSE 'completed' END, 0, g, g, g"
+            " FROM generate_series(1, 20000) AS g"))
+    async with core.db.engine.connect() as conn:
+        await (await conn.execution_options(isolation_level="AUTOCOMMIT")).execute(text("ANALYZE jobs"))
+    # claim_batch: the statement the queue prepares (claim_prepared), built by the same code with values
+    stmt = q.claim_batch(postgres=True, worker_id="w", token="t" * 24, now=10**9, lease_until=10**9 + 1,
+                         limit=16, types=types)
+    found = generic_plan(db_url, stmt)
+    assert ("Seq Scan", "jobs") not in found, found
+    assert any(name == "ix_jobs_claim" for _, name in found), found

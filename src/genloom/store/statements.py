@@ -6,19 +6,23 @@ the transaction-id stamp on events, and wake-up NOTIFYs; everything else is port
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Sequence
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     Delete,
     Insert,
     Select,
     TextClause,
     Update,
     and_,
+    bindparam,
     delete,
     func,
     insert,
+    literal_column,
     or_,
     select,
     text,
@@ -104,19 +108,49 @@ def claim_batch(
     types: Collection[str] | None,
 ) -> Update:
     """Take the highest-priority, oldest runnable jobs and lease them to one worker."""
+    return _claim(postgres, worker_id, token, now, lease_until, limit, None if types is None else list(types))
+
+
+@functools.cache
+def claim_prepared(postgres: bool, typed: bool) -> Update:
+    """``claim_batch`` built once with bind parameters, for ``claim_params``: the queue's hot path
+    then pays no statement construction and no cache-key walk (SQLAlchemy memoises it per object)."""
+    return _claim(postgres, bindparam("c_worker"), bindparam("c_token"), bindparam("c_now"),
+                  bindparam("c_until"), bindparam("c_limit"), bindparam("c_types", expanding=True) if typed else None)
+
+
+def claim_params(
+    *, worker_id: str, token: str, now: int, lease_until: int, limit: int, types: Collection[str] | None
+) -> dict[str, Any]:
+    params = {"c_worker": worker_id, "c_token": token, "c_now": now, "c_until": lease_until, "c_limit": limit}
+    return params if types is None else params | {"c_types": list(types)}
+
+
+def _claimable() -> ColumnElement[bool]:
+    """``status IN ('queued', 'pending')`` with the states as SQL literals, not bind parameters: the
+    predicate of the partial claim index, which the planner can then prove for a prepared
+    statement (PostgreSQL's generic plan; psycopg prepares a statement on its fifth use) and for
+    SQLite. With parameters the generic plan cannot use the index: two sequential scans."""
+    return jobs.c.status.in_([literal_column(f"'{s}'") for s in CLAIMABLE])
+
+
+def _claim(postgres: bool, worker_id: Any, token: Any, now: Any, lease_until: Any, limit: Any, types: Any) -> Update:
     pick = (
         select(jobs.c.id)
-        .where(jobs.c.status.in_(CLAIMABLE), jobs.c.run_after <= now)
+        .where(_claimable(), jobs.c.run_after <= now)
         .order_by(jobs.c.priority.desc(), jobs.c.run_after, jobs.c.created_at)
         .limit(limit)
     )
     if types is not None:
-        pick = pick.where(jobs.c.type.in_(list(types)))
+        pick = pick.where(jobs.c.type.in_(types))
     if postgres:
         pick = pick.with_for_update(skip_locked=True)
     return (
         update(jobs)
-        .where(jobs.c.id.in_(pick.scalar_subquery()), jobs.c.status.in_(CLAIMABLE))
+        # PostgreSQL re-checks the state of the rows it locked; SQLite runs the statement under its
+        # one write lock, and a second status test there makes it walk the rows by status instead
+        # of taking the ones the subquery picked by primary key.
+        .where(jobs.c.id.in_(pick.scalar_subquery()), *([_claimable()] if postgres else []))
         .values(
             status=Status.RUNNING.value,
             attempt=jobs.c.attempt + 1,
@@ -148,9 +182,23 @@ def heartbeat_batch(worker_id: str, leases: Sequence[tuple[str, str]], until: in
 def complete_batch(leases: Sequence[tuple[str, str]], now: int) -> Update:
     """Finish many running jobs in one statement (no-op and fast pipelines); a job whose cancel
     was requested is left for the one-by-one path, which ends it cancelled."""
+    return _complete(list(leases), now)
+
+
+@functools.cache
+def complete_prepared() -> Update:
+    """``complete_batch`` built once with bind parameters, for ``complete_params``."""
+    return _complete(bindparam("b_leases", expanding=True), bindparam("b_now"))
+
+
+def complete_params(leases: Sequence[tuple[str, str]], now: int) -> dict[str, Any]:
+    return {"b_leases": list(leases), "b_now": now}
+
+
+def _complete(leases: Any, now: Any) -> Update:
     return (
         update(jobs)
-        .where(tuple_(jobs.c.id, jobs.c.lease_token).in_(list(leases)), jobs.c.status == Status.RUNNING.value,
+        .where(tuple_(jobs.c.id, jobs.c.lease_token).in_(leases), jobs.c.status == Status.RUNNING.value,
                jobs.c.cancel_requested.is_(False))
         .values(
             status=Status.COMPLETED.value,
