@@ -144,13 +144,17 @@ def _claim(postgres: bool, worker_id: Any, token: Any, now: Any, lease_until: An
     if types is not None:
         pick = pick.where(jobs.c.type.in_(types))
     if postgres:
-        pick = pick.with_for_update(skip_locked=True)
+        # A MATERIALIZED CTE locks and picks exactly ``limit`` rows once: with ``IN (subquery)`` the
+        # planner may re-run the subquery per outer row and lease more jobs than asked for.
+        # PostgreSQL re-checks the state of the rows it locked.
+        picked = pick.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
+        target = update(jobs).where(jobs.c.id == picked.c.id, _claimable())
+    else:
+        # SQLite runs the statement under its one write lock; a second status test there makes it
+        # walk the rows by status instead of taking the ones the subquery picked by primary key.
+        target = update(jobs).where(jobs.c.id.in_(pick.scalar_subquery()))
     return (
-        update(jobs)
-        # PostgreSQL re-checks the state of the rows it locked; SQLite runs the statement under its
-        # one write lock, and a second status test there makes it walk the rows by status instead
-        # of taking the ones the subquery picked by primary key.
-        .where(jobs.c.id.in_(pick.scalar_subquery()), *([_claimable()] if postgres else []))
+        target
         .values(
             status=Status.RUNNING.value,
             attempt=jobs.c.attempt + 1,
