@@ -171,6 +171,8 @@ webhook_endpoints = Table(
     Column("updated_at", BigInteger, nullable=False),
 )
 
+_PENDING = "status = 'pending'"
+
 webhook_deliveries = Table(
     "webhook_deliveries",
     metadata,
@@ -191,8 +193,13 @@ webhook_deliveries = Table(
     Column("last_latency_ms", Integer),
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
-    Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+    # The dispatcher's claim walks pending rows alone in due order, however many were delivered;
+    # a leased row is pending with next_attempt_at at its lease's end, so a dead dispatcher's
+    # deliveries come due again by themselves.
+    Index("ix_webhook_deliveries_due", "next_attempt_at",
+          postgresql_where=text(_PENDING), sqlite_where=text(_PENDING)),
     Index("ix_webhook_deliveries_endpoint", "endpoint_id", "created_at"),
+    Index("ix_webhook_deliveries_job", "job_id"),
 )
 
 webhook_attempts = Table(
@@ -204,8 +211,22 @@ webhook_attempts = Table(
     Column("status_code", Integer),
     Column("latency_ms", Integer),
     Column("error", Text),
+    Column("response", Text),  # the first bytes of the receiver's answer, for debugging
     Column("created_at", BigInteger, nullable=False),
     sqlite_autoincrement=True,
+)
+
+webhook_project_secrets = Table(
+    "webhook_project_secrets",
+    metadata,
+    # Signs deliveries to a job's own webhook_url (no endpoint row to hold a secret); created on
+    # first use, rotated like an endpoint's (the old one stays valid until old_secret_expires_at).
+    Column("project_id", String(40), primary_key=True),
+    Column("secret", String(128), nullable=False),
+    Column("old_secret", String(128)),
+    Column("old_secret_expires_at", BigInteger),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
 )
 
 provider_callbacks = Table(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from genloom.models import EventSpec
 from genloom.notify import Notifier
 from genloom.store import statements as q
 from genloom.store.engine import Database
+from genloom.webhooks import outbox
 
 _MAX_PAYLOAD = 7000  # NOTIFY payloads must stay under 8000 bytes
 
@@ -26,18 +28,28 @@ class Unit:
     event_jobs: set[str] = field(default_factory=set)
     after_commit: list[Callable[[], None]] = field(default_factory=list)
     _events: list[dict[str, Any]] = field(default_factory=list)
+    _triggers: list[outbox.Trigger] = field(default_factory=list)
 
     def add_events(
-        self, job: Mapping[Any, Any], specs: Sequence[EventSpec], now: int, request_id: str | None = None
+        self, job: Mapping[Any, Any], specs: Sequence[EventSpec], now: int, request_id: str | None = None,
+        *, webhooks: bool = True,
     ) -> None:
-        """Queue events for ``job``; the caller must already hold the job's row in this unit."""
+        """Queue events for ``job``; the caller must already hold the job's row in this unit.
+        ``webhooks=False``: these events create no webhook deliveries (the dispatcher's outcomes
+        of delivering webhook events, which would otherwise loop)."""
         if specs:
             self._events.extend(events.event_rows(job, specs, now, request_id))
             self.event_jobs.add(str(job["id"]))
+            if webhooks:
+                self._triggers.extend(outbox.Trigger(job, s, now, request_id) for s in specs)
 
     async def flush(self) -> None:
+        """Insert the queued events and, in the same transaction, the webhook deliveries they cause."""
         rows, self._events = self._events, []
+        triggers, self._triggers = self._triggers, []
         await events.append(self.conn, self.postgres, rows)
+        if triggers and await outbox.enqueue(self.conn, self.postgres, triggers):
+            self.after_commit.append(functools.partial(outbox.wake, outbox.db_key(self.conn)))
 
 
 @asynccontextmanager
