@@ -30,6 +30,9 @@ from genloom.runtime import Core, open_core
 from genloom.storage.local import LocalStorage
 from genloom.storage.s3 import S3Storage
 from genloom.store.migrate import upgrade
+from genloom.webhooks.deliveries import Deliveries
+from genloom.webhooks.dispatcher import Dispatcher
+from genloom.webhooks.endpoints import Endpoints, webhook_fetcher
 from genloom.worker import Worker
 
 log = get_logger("genloom.app")
@@ -40,6 +43,8 @@ class App:
     core: Core
     registry: Registry
     services: Services
+    endpoints: Endpoints
+    deliveries: Deliveries
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -53,13 +58,16 @@ class App:
         return Reconciler(self.core, self.services)
 
     def start_background(self, stop: asyncio.Event, *, worker: bool = True, reconciler: bool = True,
-                         concurrency: int | None = None) -> None:
-        """Run the worker and reconciler as tasks of this process until ``stop`` is set."""
+                         webhooks: bool = True, concurrency: int | None = None) -> None:
+        """Run the worker, reconciler and webhook dispatcher as tasks of this process until ``stop``."""
         if worker:
             w = self.worker(concurrency=concurrency)
             self.tasks.append(asyncio.create_task(w.run(stop), name="genloom-worker"))
         if reconciler:
             self.tasks.append(asyncio.create_task(self.reconciler().run(stop), name="genloom-reconciler"))
+        if webhooks:
+            dispatcher = Dispatcher(self.core, self.settings, metrics=self.core.metrics)
+            self.tasks.append(asyncio.create_task(dispatcher.run(stop), name="genloom-webhooks"))
 
     async def wait_background(self) -> None:
         for task in self.tasks:
@@ -108,7 +116,9 @@ async def open_app(
                         executor=executor)
     services.predictions = _predictions(settings, http, executor, core, services)
     services.chat = _chat(settings, http)
-    return App(core=core, registry=registry, services=services)
+    endpoints = Endpoints(core.db, core.clock, webhook_fetcher(settings))
+    return App(core=core, registry=registry, services=services, endpoints=endpoints,
+               deliveries=Deliveries(core.db, core.clock))
 
 
 def _predictions(

@@ -17,7 +17,7 @@ from genloom.api import errors
 from genloom.api.auth import RateLimiter
 from genloom.api.edge import Edge, body_limit
 from genloom.api.openapi import GenloomAPI
-from genloom.api.routes import admin, callbacks, credits, events, jobs, results, system, uploads
+from genloom.api.routes import admin, callbacks, credits, events, jobs, results, system, uploads, webhooks
 from genloom.app import open_app
 from genloom.compat import cutx, moneyprinter, motioness
 from genloom.config import Settings
@@ -67,7 +67,7 @@ def create_app(
     api.state.limiter = RateLimiter()
     api.state.sse_heartbeat = sse_heartbeat
     errors.install(api)
-    for module in (jobs, events, results, uploads, credits, admin, callbacks, system):
+    for module in (jobs, events, results, uploads, credits, admin, callbacks, system, webhooks):
         api.include_router(module.router)
     for layer in (motioness, moneyprinter, cutx):  # the products' own routes, over the same core
         api.include_router(layer.router)

@@ -171,9 +171,8 @@ async def job_ledger(request: Request, job_id: str, who: Who) -> dict[str, Any]:
 async def job_deliveries(request: Request, job_id: str, who: Who) -> dict[str, Any]:
     app = genloom_app(request)
     await app.core.jobs.get(job_id, who.project.id)
-    webhooks = getattr(app, "webhooks", None)
-    rows = await webhooks.deliveries_for_job(job_id) if webhooks is not None else []
-    return {"data": rows}
+    rows = await app.deliveries.list(who.project.id, job_id=job_id, limit=100)
+    return {"data": [d.as_dict() | {"created_at": _iso(d.created_at)} for d in rows]}
 
 
 @router.get("/feed")
