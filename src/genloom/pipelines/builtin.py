@@ -192,7 +192,7 @@ async def video_script(ctx: StageContext) -> None:
     if not paragraphs:
         raise InvalidInput("the script is empty", code="invalid_input")
     ctx.artefacts["paragraphs"] = paragraphs
-    ctx.result["script"] = paragraphs
+    ctx.result |= {"script": paragraphs, "script_source": source}  # "template": written locally, not by a model
     ctx.artefacts["_event_data"] = {"paragraphs": len(paragraphs), "source": source}
     ctx.progress(0.1)
 
@@ -231,7 +231,7 @@ async def video_render(ctx: StageContext) -> None:
 async def video_store(ctx: StageContext) -> None:
     r = ctx.artefacts["video"]
     await store_file(ctx, r.path, "mp4", "video/mp4", width=r.width, height=r.height, duration=r.duration,
-                     fps=r.fps, script=ctx.artefacts["paragraphs"])
+                     fps=r.fps, script=ctx.artefacts["paragraphs"], script_source=ctx.result["script_source"])
 
 
 def video_plan(mode: str | None, input: dict[str, Any]) -> list[Stage]:
