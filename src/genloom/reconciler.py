@@ -71,23 +71,33 @@ class Reconciler:
         return counts
 
     async def rescue_expired_leases(self) -> int:
+        """Jobs whose worker stopped heartbeating: back to the queue for another attempt (a
+        prediction the dead attempt submitted stays on the row for the next one to reuse), failed
+        ``worker_lost`` once the attempts are spent, or cancelled if that was asked for."""
         now = self._now()
         async with self.core.db.read() as conn:
             ids = [r[0] for r in (await conn.execute(q.expired_leases(now, 500))).all()]
         n = 0
         for job_id in ids:
-            job = await self.core.jobs.get(job_id)
             try:
-                if job.attempt >= job.max_attempts:
-                    await self.core.jobs.transition(job_id, Status.FAILED, lease_expired_before=now,
-                                                    error_code="worker_lost",
-                                                    error_message="the worker running this job stopped responding")
+                job = await self.core.jobs.get(job_id)
+                if job.cancel_requested:
+                    done = await self.core.jobs.transition(
+                        job_id, Status.CANCELLED, lease_expired_before=now, error_code="cancelled",
+                        error_message=job.error_message or "Job cancelled by user request")
+                    await self._cancel_prediction(done)
+                elif job.attempt >= job.max_attempts:
+                    done = await self.core.jobs.transition(
+                        job_id, Status.FAILED, lease_expired_before=now, error_code="worker_lost",
+                        error_message="the worker running this job stopped responding")
+                    await self._cancel_prediction(done)
                 else:
                     await self.core.jobs.transition(
                         job_id, Status.QUEUED, lease_expired_before=now,
                         events=[EventSpec(EventType.RETRY_SCHEDULED, error_code="worker_lost",
                                           data={"next_attempt": job.attempt + 1})])
                 n += 1
+                log.info("reconciler.rescued", job_id=job_id, attempt=job.attempt)
             except (InvalidTransition, NotFound):
                 continue
         return n
@@ -124,13 +134,20 @@ class Reconciler:
         return await settle(self.core, self.services, job, pred)
 
     async def _stall(self, job: Job) -> None:
-        provider = self.services.predictions.get(job.provider or "")
-        if provider is not None and job.provider_ref:
-            with contextlib.suppress(Exception):
-                await provider.cancel(job.provider_ref)
         with contextlib.suppress(InvalidTransition, NotFound, LeaseLost):
             await self.core.jobs.transition(job.id, Status.FAILED, error_code="pipeline_stalled",
                                             error_message="the provider did not finish in time")
+            await self._cancel_prediction(job)
+
+    async def _cancel_prediction(self, job: Job) -> None:
+        """Stop a prediction nobody will wait on any more (its job just ended here)."""
+        provider = self.services.predictions.get(job.provider or "")
+        if provider is None or not job.provider_ref:
+            return
+        try:
+            await provider.cancel(job.provider_ref)
+        except Exception as exc:
+            log.warning("provider.cancel_failed", job_id=job.id, ref=job.provider_ref, error=str(exc))
 
     async def expire_past_deadline(self) -> int:
         now = self._now()
@@ -141,8 +158,11 @@ class Reconciler:
             job = await self.core.jobs.get(job_id)
             if job.status != Status.RUNNING or job.lease_token or (job.deadline or now) >= now:
                 continue
-            with contextlib.suppress(InvalidTransition, NotFound):
+            try:
                 await self.core.jobs.transition(job_id, Status.EXPIRED, error_code="callback_timeout",
                                                 error_message="no callback arrived before the deadline")
-                n += 1
+            except (InvalidTransition, NotFound):
+                continue
+            await self._cancel_prediction(job)
+            n += 1
         return n

@@ -10,15 +10,17 @@ import shutil
 import time
 from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
-from genloom.errors import JobCancelled, LeaseLost
+from genloom.errors import InvalidTransition, JobCancelled, LeaseLost
 from genloom.ids import WorkerId, new_worker_id
 from genloom.lifecycle import EventType
 from genloom.models import EventSpec, Job
 from genloom.observability import get_logger
 from genloom.pipelines.context import Parked, Services, StageContext
 from genloom.pipelines.registry import Registry, Stage
+from genloom.pipelines.settle import settle
 from genloom.retry import Backoff, decide
 from genloom.runtime import Core
 
@@ -27,6 +29,10 @@ _START = {"stage": EventType.STAGE_STARTED, "vision": EventType.VISION_STARTED}
 _DONE = {"stage": EventType.STAGE_COMPLETED, "vision": EventType.VISION_COMPLETED,
          "storage": EventType.STORAGE_WRITE_COMPLETED}
 _FAIL = {"stage": EventType.STAGE_FAILED, "vision": EventType.VISION_FAILED, "storage": EventType.STAGE_FAILED}
+#: How often a running job's watcher reads its row when no event wakes it (cancel, lost lease),
+#: and the least time between two of its reads however often it is woken.
+WATCH_SECONDS = 1.0
+WATCH_MIN_GAP = 0.5
 
 
 class Worker:
@@ -63,7 +69,7 @@ class Worker:
                 claimed = await self._claim(want)
                 if len(claimed) >= want:
                     continue
-                due = await self.core.queue.next_due_in()
+                due = await self._next_due_in()
                 timeout = self.core.settings.poll_seconds if due is None else min(due, self.core.settings.poll_seconds)
                 await _first(self.core.notifier.wait_for_jobs(timeout), stopper)
         finally:
@@ -88,6 +94,13 @@ class Worker:
             task.add_done_callback(functools.partial(self._done, job.id))
         return jobs
 
+    async def _next_due_in(self) -> float | None:
+        try:
+            return await self.core.queue.next_due_in()
+        except Exception as exc:  # the database is down: poll, keep the process alive
+            log.warning("worker.due_failed", worker=self.id, error=str(exc))
+            return None
+
     def _done(self, job_id: str, _task: object = None) -> None:
         self.active.pop(job_id, None)
         self._slot.set()
@@ -109,14 +122,23 @@ class Worker:
         for task, ctx in held:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-            with contextlib.suppress(Exception):
+            if ctx.job.lease_token is None or ctx.lease_lost:
+                continue  # parked (the provider has it) or no longer ours
+            try:
+                if ctx.pending:  # the last finished stage's event, then the job goes back
+                    await ctx.write()
                 await self.core.queue.release(ctx.job)
                 log.info("job.released", job_id=ctx.job.id, worker=self.id)
+            except InvalidTransition as exc:  # it ended meanwhile, or the lease was lost
+                log.info("job.release_refused", job_id=ctx.job.id, worker=self.id, reason=exc.code)
+            except Exception as exc:  # the reconciler requeues it when the lease expires
+                log.warning("job.release_failed", job_id=ctx.job.id, worker=self.id, error=str(exc))
 
     async def _heartbeats(self) -> None:
         while True:
             await asyncio.sleep(self.core.settings.heartbeat_seconds)
-            leases = [(c.job.id, c.job.lease_token) for _, c in self.active.values() if c.job.lease_token]
+            leases = [(c.job.id, c.job.lease_token) for _, c in self.active.values()
+                      if c.job.lease_token and not c.finished]
             try:
                 lost = await self.core.queue.heartbeat(self.id, leases)
             except Exception as exc:
@@ -124,101 +146,194 @@ class Worker:
                 continue
             for job_id in lost:
                 entry = self.active.get(job_id)
-                if entry is not None:
-                    log.warning("job.lease_lost", job_id=job_id, worker=self.id)
-                    entry[1].stop_flag.set()
+                if entry is not None and not entry[1].finished:
+                    # another worker may own the job now: this attempt stops, writing nothing
+                    self._lost(entry[1])
                     entry[0].cancel()
 
     # -- one job -------------------------------------------------------------
     async def _execute(self, ctx: StageContext) -> None:
         job = ctx.job
         stage: Stage | None = None
-        watcher = asyncio.create_task(self._watch(ctx))
+        watcher = asyncio.create_task(self._watch(ctx), name=f"watch-{job.id}")
         try:
-            for stage in self.registry.get(job.type).plan(job.mode, job.input):
+            plan = self.registry.get(job.type).plan(job.mode, job.input)
+            for n, stage in enumerate(plan, 1):
                 await ctx.checkpoint()
                 await self._stage(ctx, stage)
+                if n < len(plan):  # its row, fresh from the write, tells the next checkpoint of a cancel
+                    await ctx.write()
             stage = None
             await ctx.checkpoint()
-            await self.core.queue.complete(ctx.job, result_key=ctx.result_key, result=ctx.result or None)
+            ctx.finished = True  # from here the lease may be gone by our own hand
+            await self.core.queue.complete(ctx.job, result_key=ctx.result_key, result=ctx.result or None,
+                                           events=ctx.take_pending())
         except JobCancelled:
             await self._cancelled(ctx)
         except Parked:
+            ctx.finished = True
             log.info("job.parked", job_id=job.id, provider=ctx.job.provider, ref=ctx.job.provider_ref)
+            await self._after_park(ctx)
         except LeaseLost:
             log.warning("job.write_refused", job_id=job.id, worker=self.id, reason="lease_lost")
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            await self._failed(ctx, stage, exc)
+            if ctx.lease_lost:
+                log.warning("job.write_refused", job_id=job.id, worker=self.id, reason="lease_lost")
+            elif ctx.stop_flag.is_set() and isinstance(exc, InterruptedError):
+                await self._cancelled(ctx)  # a stage's own blocking code that obeyed should_stop
+            else:
+                await self._failed(ctx, stage, exc)
         finally:
+            ctx.finished = True
             watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
             if ctx.workdir.exists():
                 await asyncio.to_thread(shutil.rmtree, ctx.workdir, True)
 
     async def _stage(self, ctx: StageContext, stage: Stage) -> None:
-        if stage.kind in _START:
-            await ctx.emit(EventSpec(_START[stage.kind], stage=stage.name), stage=stage.name)
+        """Run one stage: its start is written at once, its completion waits for the job's next
+        write (the last stage's goes with the job's completion, failure or parking)."""
+        ctx.stage, ctx.stage_t0 = stage, time.perf_counter()
+        start = [EventSpec(_START[stage.kind], stage=stage.name)] if stage.kind in _START else []
+        await ctx.write({"stage": stage.name}, start)
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         await stage.run(ctx)
         latency = int((time.perf_counter() - t0) * 1000)
         data = ctx.artefacts.pop("_event_data", {})
-        await ctx.emit(EventSpec(_DONE[stage.kind], stage=stage.name, latency_ms=latency, data=data))
+        ctx.pending.append(EventSpec(_DONE[stage.kind], stage=stage.name, latency_ms=latency, data=data))
+        ctx.stage = None
         self.core.metrics.stage_latency.labels(ctx.job.type, stage.name).observe(latency / 1000)
 
+    async def _after_park(self, ctx: StageContext) -> None:
+        """Ask the provider once more now that the job is parked: an answer (or a callback) that
+        came while this worker still held the lease was not applied, and would otherwise wait
+        for the reconciler's re-query."""
+        job = ctx.job
+        provider = self.services.predictions.get(job.provider or "")
+        if provider is None or job.provider_ref is None:
+            return
+        try:
+            pred = await provider.get(job.provider_ref)
+            if pred.terminal:
+                await settle(self.core, self.services, await self.core.jobs.get(job.id), pred)
+        except Exception as exc:  # the callback or the reconciler settles it later
+            log.warning("job.after_park_failed", job_id=job.id, ref=job.provider_ref, error=str(exc))
+
     async def _cancelled(self, ctx: StageContext) -> None:
+        """End the job cancelled, then stop its provider prediction (never the other way round:
+        only the holder of the job may touch what its attempt submitted)."""
+        if ctx.lease_lost:
+            log.warning("job.write_refused", job_id=ctx.job.id, worker=self.id, reason="lease_lost")
+            return
+        try:
+            if ctx.job.lease_token is not None:
+                await self.core.queue.cancelled(ctx.job, events=ctx.take_pending())
+            else:  # parked just as the cancel came: no lease left to fence with
+                await self.core.jobs.cancel(ctx.job.id)
+            ctx.finished = True
+        except LeaseLost:
+            log.warning("job.write_refused", job_id=ctx.job.id, worker=self.id, reason="lease_lost")
+            return
+        except InvalidTransition as exc:
+            log.info("job.cancel_superseded", job_id=ctx.job.id, reason=exc.code)
         await self._cancel_prediction(ctx)
-        with contextlib.suppress(LeaseLost):
-            await self.core.queue.cancelled(ctx.job)
 
     async def _failed(self, ctx: StageContext, stage: Stage | None, exc: Exception) -> None:
         job = ctx.job
         retry_after = float(getattr(exc, "details", {}).get("retry_after") or 0.0)
         decision = decide(exc, job.attempt, job.max_attempts, self.backoff, retry_after)
         message = str(exc) or type(exc).__name__
-        events = []
+        log.warning("job.stage_failed", job_id=job.id, stage=stage.name if stage else None,
+                    error_code=decision.error_code, error=message, retry=decision.retry)
+        if decision.retry and (job.cancel_requested or ctx.stop_flag.is_set()):
+            await self._cancelled(ctx)  # a job the user wants gone is not queued again
+            return
+        events = ctx.take_pending()
         if stage is not None:
             events.append(EventSpec(_FAIL[stage.kind], stage=stage.name, error_code=decision.error_code,
                                     error_msg=message))
-        log.warning("job.stage_failed", job_id=job.id, stage=stage.name if stage else None,
-                    error_code=decision.error_code, error=message, retry=decision.retry)
-        await self._cancel_prediction(ctx)  # a prediction left behind by this attempt
-        with contextlib.suppress(LeaseLost):
+        try:
+            if job.provider_ref and job.lease_token:
+                # A prediction this attempt leaves behind: forget it on the row (fenced, so only the
+                # lease holder does this), stop it at the provider, and only then let the job go.
+                ctx.job = await self.core.queue.touch(
+                    job, values={"provider": None, "provider_ref": None, "provider_since": None}, events=events)
+                events = []
+                await self._cancel_prediction(ctx, job)
             await self.core.queue.fail(ctx.job, decision, message, events)
+            ctx.finished = True
+        except LeaseLost:
+            log.warning("job.write_refused", job_id=job.id, worker=self.id, reason="lease_lost")
 
-    async def _cancel_prediction(self, ctx: StageContext) -> None:
-        job = ctx.job
+    async def _cancel_prediction(self, ctx: StageContext, job: Job | None = None) -> None:
+        job = job or ctx.job
         if job.provider and job.provider_ref and job.provider in self.services.predictions:
             try:
                 await self.services.predictions[job.provider].cancel(job.provider_ref)
+                log.info("provider.cancelled", job_id=job.id, provider=job.provider, ref=job.provider_ref)
             except Exception as exc:
                 log.warning("provider.cancel_failed", job_id=job.id, ref=job.provider_ref, error=str(exc))
 
     async def _watch(self, ctx: StageContext) -> None:
-        """About every second: see a cancel request, and write the stage's progress (fenced)."""
+        """See a cancel request or a lost lease, and write the stage's progress (fenced).
+
+        It reads the job's row every WATCH_SECONDS, and sooner when an event of the job was
+        written (a cancel request writes one; the notifier carries it across processes on
+        PostgreSQL), but never within WATCH_MIN_GAP of its start or of its last read: the job's
+        own stage events wake it too, and a read for each would double a short job's queries."""
+        loop = asyncio.get_running_loop()
         written = ctx.job.progress
-        while True:
-            await asyncio.sleep(1.0)
-            try:
-                current = await self.core.jobs.get(ctx.job.id)
-                if current.cancel_requested:
-                    ctx.stop_flag.set()
-                    ctx.job = _with(ctx.job, cancel_requested=True)
-                if ctx._progress != written and ctx.job.lease_token:
-                    ctx.job = await self.core.queue.touch(ctx.job, values={"progress": ctx._progress})
-                    written = ctx._progress
-            except LeaseLost:
-                ctx.stop_flag.set()
-                return
-            except Exception as exc:
-                log.warning("worker.watch_failed", job_id=ctx.job.id, error=str(exc))
+        woken = asyncio.Event()
+        unsubscribe = self.core.notifier.subscribe(ctx.job.id, lambda _job_id: woken.set())
+        last = loop.time()
+        try:
+            while not ctx.finished:
+                await _woken_or(woken, max(0.0, last + WATCH_SECONDS - loop.time()))
+                await asyncio.sleep(max(0.0, last + WATCH_MIN_GAP - loop.time()))
+                if ctx.finished:
+                    return
+                woken.clear()
+                last = loop.time()
+                try:
+                    current = await self.core.jobs.get(ctx.job.id)
+                    if current.cancel_requested:
+                        ctx.stop_flag.set()
+                        ctx.job = replace(ctx.job, cancel_requested=True)
+                    if current.lease_token != ctx.job.lease_token and not ctx.finished:
+                        self._lost(ctx)
+                        return
+                    if ctx._progress != written and ctx.job.lease_token:
+                        # the returned row is not kept: ctx.job belongs to the stage's own writes
+                        await self.core.queue.touch(ctx.job, values={"progress": ctx._progress})
+                        written = ctx._progress
+                except LeaseLost:
+                    if not ctx.finished:
+                        self._lost(ctx)
+                    return
+                except Exception as exc:
+                    log.warning("worker.watch_failed", job_id=ctx.job.id, error=str(exc))
+        finally:
+            unsubscribe()
+
+    def _lost(self, ctx: StageContext) -> None:
+        log.warning("job.lease_lost", job_id=ctx.job.id, worker=self.id)
+        ctx.lease_lost = True
+        ctx.stop_flag.set()
 
 
-def _with(job: Job, **changes: object) -> Job:
-    from dataclasses import replace
-
-    return replace(job, **changes)  # type: ignore[arg-type]
+async def _woken_or(woken: asyncio.Event, within: float) -> None:
+    """Wait for ``woken`` at most ``within`` seconds. Not ``asyncio.wait_for``: on Python 3.11 it
+    swallows a cancellation that arrives as the event is set, and the job's own last event sets it
+    just before the watcher is cancelled (the watcher then outlived its job, reading its row forever)."""
+    waiter = asyncio.ensure_future(woken.wait())
+    try:
+        await asyncio.wait([waiter], timeout=within)
+    finally:
+        waiter.cancel()
 
 
 async def _first(aw: Awaitable[object], stopper: asyncio.Task[bool]) -> None:

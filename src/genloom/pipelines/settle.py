@@ -1,8 +1,12 @@
 """Settling a parked job from its provider's answer: the callback route, the GET that waited too
-long and the reconciler all end here, so a prediction's outcome is applied one way only."""
+long, the worker right after parking and the reconciler all end here, so a prediction's outcome
+is applied one way only. Also the one way to cancel a job together with its provider prediction."""
 
 from __future__ import annotations
 
+import asyncio
+import secrets
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +19,7 @@ from genloom.pipelines.context import Services
 from genloom.providers.base import Prediction
 from genloom.runtime import Core
 from genloom.storage.base import output_key
+from genloom.store.unit import unit
 
 log = get_logger("genloom.settle")
 _EXT = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "video/mp4": "mp4", "audio/wav": "wav",
@@ -29,22 +34,42 @@ def output_url(pred: Prediction) -> str | None:
     return out if isinstance(out, str) else None
 
 
+def waiting_on(job: Job, pred: Prediction) -> bool:
+    """Whether ``job`` (as last read) is parked on exactly this prediction."""
+    return job.status == Status.RUNNING and not job.lease_token and job.provider_ref == pred.id
+
+
 async def settle(core: Core, services: Services, job: Job, pred: Prediction) -> Job:
     """Apply a terminal prediction to a parked job; returns the job unchanged if not applicable."""
-    if job.status != Status.RUNNING or job.lease_token or job.provider_ref != pred.id or not pred.terminal:
+    if not waiting_on(job, pred) or not pred.terminal:
         return job
     try:
         if pred.status == "succeeded":
             return await _store_output(core, services, job, pred)
         if pred.status == "canceled":
-            return await core.jobs.transition(job.id, Status.CANCELLED, error_code="provider_canceled",
-                                              error_message="the provider cancelled the prediction")
-        return await core.jobs.transition(job.id, Status.FAILED, error_code="provider_failed",
-                                          error_message=pred.error or "the provider reported a failure",
-                                          events=[EventSpec(EventType.STAGE_FAILED, stage="provider",
-                                                            error_code="provider_failed", error_msg=pred.error)])
+            return await _conclude(core, job.id, pred, Status.CANCELLED, "provider_canceled",
+                                   "the provider cancelled the prediction")
+        message = pred.error or "the provider reported a failure"
+        return await _conclude(core, job.id, pred, Status.FAILED, "provider_failed", message,
+                               [EventSpec(EventType.STAGE_FAILED, stage="provider", error_code="provider_failed",
+                                          error_msg=message)])
     except (InvalidTransition, NotFound):
         return await core.jobs.get(job.id)  # someone else settled or cancelled it first
+
+
+async def _conclude(
+    core: Core, job_id: str, pred: Prediction, to: Status, code: str, message: str,
+    events: list[EventSpec] | None = None,
+) -> Job:
+    """A failed or cancelled prediction ends the job, only while the job still waits on it (the row
+    is locked and checked again: a late answer about an earlier attempt's prediction changes nothing)."""
+    async with unit(core.db, core.notifier) as u:
+        row = await core.jobs.lock(u, job_id)
+        if not waiting_on(Job.from_row(row), pred):
+            raise InvalidTransition("the job is no longer waiting on this prediction", job_id=job_id)
+        if row["cancel_requested"]:
+            to, code, message, events = Status.CANCELLED, "cancelled", row["error_message"] or message, None
+        return await core.jobs.apply(u, row, to, events=events or (), error_code=code, error_message=message)
 
 
 async def _store_output(core: Core, services: Services, job: Job, pred: Prediction) -> Job:
@@ -52,22 +77,28 @@ async def _store_output(core: Core, services: Services, job: Job, pred: Predicti
     local_output = getattr(provider, "fetch_output", None)  # a provider on this machine: no URL
     url = output_url(pred)
     if url is None and local_output is None:
-        return await core.jobs.transition(job.id, Status.FAILED, error_code="provider_failed",
-                                          error_message="the provider returned no output")
+        return await _conclude(core, job.id, pred, Status.FAILED, "provider_failed",
+                               "the provider returned no output")
     fresh = await core.jobs.get(job.id)
-    if fresh.cancel_requested or fresh.status != Status.RUNNING:
+    if not waiting_on(fresh, pred):
+        return fresh
+    if fresh.cancel_requested:  # the result is discarded: finish ends it cancelled
         return await core.jobs.finish(job.id, lease_token=None, values={}, provider_ref=pred.id)
-    workdir = Path(core.settings.data_dir) / "work" / job.id / "callback"
-    workdir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    if local_output is not None:
-        path, content_type = await local_output(pred, workdir / "output")
-    else:
-        assert url is not None
-        fetched = await services.fetcher.fetch_to_file(url, workdir / "output", allowed_types=OUTPUT_TYPES)
-        path, content_type = fetched.path, fetched.content_type
-    ext = _EXT.get(content_type, "bin")
-    stored = await services.storage.put_file(output_key(job.id, job.attempt, ext), path, content_type)
+    # each settle has its own folder: a callback and a re-query may settle the same job at once
+    workdir = Path(core.settings.data_dir) / "work" / job.id / f"settle-{secrets.token_hex(4)}"
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        if local_output is not None:
+            path, content_type = await local_output(pred, workdir / "output")
+        else:
+            assert url is not None
+            fetched = await services.fetcher.fetch_to_file(url, workdir / "output", allowed_types=OUTPUT_TYPES)
+            path, content_type = fetched.path, fetched.content_type
+        ext = _EXT.get(content_type, "bin")
+        stored = await services.storage.put_file(output_key(job.id, job.attempt, ext), path, content_type)
+    finally:
+        await asyncio.to_thread(shutil.rmtree, workdir, True)
     latency = int((time.perf_counter() - t0) * 1000)
     result: dict[str, Any] = {"content_type": stored.content_type, "bytes": stored.size, "provider": job.provider}
     event = EventSpec(EventType.STORAGE_WRITE_COMPLETED, stage="store", latency_ms=latency,
@@ -76,3 +107,19 @@ async def _store_output(core: Core, services: Services, job: Job, pred: Predicti
                                   values={"result_key": stored.key, "result": result})
     log.info("job.settled", job_id=job.id, status=done.status.value, ref=pred.id)
     return done
+
+
+async def cancel_job(
+    core: Core, services: Services, job_id: str, project_id: str | None = None, request_id: str | None = None,
+) -> Job:
+    """``Jobs.cancel``, and when that ended a parked job (it waited on a provider, no worker holds
+    it), cancel its prediction too: nobody else would, and it would run and bill for nothing. A
+    running job's worker cancels its own prediction when it meets the request."""
+    job = await core.jobs.cancel(job_id, project_id=project_id, request_id=request_id)
+    provider = services.predictions.get(job.provider or "")
+    if job.status == Status.CANCELLED and job.provider_ref and provider is not None:
+        try:
+            await provider.cancel(job.provider_ref)
+        except Exception as exc:
+            log.warning("provider.cancel_failed", job_id=job.id, ref=job.provider_ref, error=str(exc))
+    return job
