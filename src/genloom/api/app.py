@@ -17,6 +17,7 @@ from genloom.api import errors
 from genloom.api.auth import RateLimiter
 from genloom.api.edge import Edge, body_limit
 from genloom.api.openapi import GenloomAPI
+from genloom.api.protocol import http_protocol
 from genloom.api.routes import admin, callbacks, credits, events, jobs, results, system, uploads, webhooks
 from genloom.app import open_app
 from genloom.compat import cutx, moneyprinter, motioness
@@ -102,6 +103,7 @@ def make_server(settings: Settings, api: FastAPI) -> Server:
     config = uvicorn.Config(
         api, host=settings.host, port=settings.port, log_config=None, access_log=False, lifespan="on",
         timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_seconds)), server_header=False,
+        http=http_protocol(),  # httptools with a bound on the request head
     )
     return Server(config, api)
 

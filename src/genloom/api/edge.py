@@ -1,7 +1,8 @@
 """The outermost layer of every request, as plain ASGI so it also covers streamed responses and
 errors raised before routing: the request id (X-Request-ID in, out, on log lines), the body size
-limit (counted as bytes arrive, so a chunked body cannot slip past it), the access log and HTTP
-metrics, and a last-resort 500 in the one error shape."""
+limit (counted as bytes arrive, so a chunked body cannot slip past it; a response that leaves a
+body unread closes the connection, so the server stops reading instead of draining it), the access
+log and HTTP metrics, and a last-resort 500 in the one error shape."""
 
 from __future__ import annotations
 
@@ -38,6 +39,13 @@ def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
     return new_request_id()
 
 
+def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() not in (b"", b"0")):
+            return True
+    return False
+
+
 def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
     for name, value in headers:
         if name == b"content-length":
@@ -66,11 +74,15 @@ class Edge:
         limit = self.limit(scope.get("path", ""))
         started = time.perf_counter()
         status = {"code": 0, "sent": False}
+        body = {"unread": _has_body(headers)}  # until the app has received the whole body
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"], status["sent"] = message["status"], True
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+                extra = [(b"x-request-id", rid.encode())]
+                if body["unread"]:  # answered before the body ended (a refusal): stop reading it
+                    extra.append((b"connection", b"close"))
+                message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
         with structlog.contextvars.bound_contextvars(request_id=rid):
@@ -78,9 +90,9 @@ class Edge:
                 declared = _content_length(headers)
                 if declared is not None and declared > limit:
                     exc = too_large(limit)
-                    await _send_json(send_with_id, 413, "too_large", str(exc.detail), rid, close=True)
+                    await _send_json(send_with_id, 413, "too_large", str(exc.detail), rid)  # closes: body unread
                 else:
-                    await self.app(scope, _limited(receive, limit), send_with_id)
+                    await self.app(scope, _limited(receive, limit, body), send_with_id)
             except Exception as exc:  # last resort: nothing below answered (frames only: locals may hold keys)
                 log.error("api.unhandled", path=scope.get("path"), error=type(exc).__name__, detail=str(exc)[:500],
                           trace="".join(traceback.format_exception(exc, limit=-12)))
@@ -100,7 +112,7 @@ class Edge:
                  status=status, ms=round(elapsed * 1000, 1))
 
 
-def _limited(receive: Receive, limit: int) -> Receive:
+def _limited(receive: Receive, limit: int, body: dict[str, bool]) -> Receive:
     seen = 0
 
     async def wrapped() -> Message:
@@ -110,18 +122,18 @@ def _limited(receive: Receive, limit: int) -> Receive:
             seen += len(message.get("body", b""))
             if seen > limit:
                 raise too_large(limit)
+            if not message.get("more_body", False):
+                body["unread"] = False
         return message
 
     return wrapped
 
 
-async def _send_json(send: Send, status: int, code: str, message: str, rid: str, *, close: bool = False) -> None:
+async def _send_json(send: Send, status: int, code: str, message: str, rid: str) -> None:
     body = json.dumps({"error": {"code": code, "message": message, "request_id": rid}}).encode()
     headers: list[tuple[bytes, bytes]] = [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
     ]
-    if close:
-        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

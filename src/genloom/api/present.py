@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from datetime import UTC, datetime
 
 from genloom.api import schemas
 from genloom.errors import InvalidInput
 from genloom.models import Job
+
+_EPOCH_MS = re.compile(r"[0-9]{1,15}")  # a time the store can hold (a 20-digit one overflowed SQLite: a 500)
 
 
 def iso(epoch_ms: int | None) -> datetime | None:
@@ -45,7 +48,7 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         created, job_id = raw.split(":", 1)
-        if not job_id or len(job_id) > 40 or "\x00" in job_id:
+        if not _EPOCH_MS.fullmatch(created) or not job_id or len(job_id) > 40 or "\x00" in job_id:
             raise ValueError(job_id)
         return int(created), job_id
     except (ValueError, UnicodeDecodeError, binascii.Error):

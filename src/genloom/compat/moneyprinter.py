@@ -9,14 +9,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from genloom.api.auth import Caller, caller, genloom, request_id
-from genloom.api.routes.events import job_events
+from genloom.api.routes.events import MAX_ID, job_events
 from genloom.api.routes.jobs import checked_id, requery_if_parked
 from genloom.app import App
 from genloom.jobs import JobSpec
@@ -84,7 +84,7 @@ async def cancel(job_id: str, request: Request, who: Caller = Depends(caller)) -
 
 @router.get("/{job_id}/events", response_model=None, summary="MoneyPrinter: progress events (JSON or SSE)")
 async def events(job_id: str, request: Request, who: Caller = Depends(caller),
-                 after: int = 0) -> dict[str, Any] | StreamingResponse:
+                 after: Annotated[int, Query(ge=0, le=MAX_ID)] = 0) -> dict[str, Any] | StreamingResponse:
     page = await job_events(job_id, request, who, after=after, last_event_id=None, limit=1000)
     if isinstance(page, StreamingResponse):
         return page

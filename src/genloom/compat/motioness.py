@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials
 
 from genloom.api.auth import caller, genloom, project_key, request_id
-from genloom.api.routes.events import HEARTBEAT_SECONDS, resume_from, stream
+from genloom.api.routes.events import HEARTBEAT_SECONDS, MAX_ID, resume_from, stream
 from genloom.api.routes.jobs import requery_if_parked
 from genloom.api.routes.results import send_stored
 from genloom.app import App
@@ -133,7 +133,7 @@ async def asset(
 
 @router.get("/v1/{pk}/events/{asset_id}", summary="Motioness event stream (SSE, Last-Event-ID)")
 async def events(pk: str, asset_id: str, request: Request,
-                 last_event_id: Annotated[int | None, Query(ge=0)] = None) -> StreamingResponse:
+                 last_event_id: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None) -> StreamingResponse:
     app = genloom(request)
     project = await _project(app, request, pk)
     job = await app.core.jobs.get(asset_id, project.id)

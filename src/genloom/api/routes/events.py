@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
@@ -34,6 +35,7 @@ HEARTBEAT_SECONDS = 15.0  # create_app(sse_heartbeat=…) overrides it per app
 PAGE = 1000
 MAX_ID = 2**63 - 1
 EventId = Annotated[int, Query(ge=0, le=MAX_ID)]
+_EVENT_ID = re.compile(r"[0-9]{1,19}")  # ASCII digits only: str.isdigit() also takes "²", which int() refuses
 
 
 def frame(event: Event) -> bytes:
@@ -47,7 +49,7 @@ def resume_from(header: str | None, query: int | None) -> int:
     if header is None or not header.strip():
         return 0
     text = header.strip()
-    if not text.isdigit() or int(text) > MAX_ID:
+    if not _EVENT_ID.fullmatch(text) or int(text) > MAX_ID:
         raise InvalidInput("Last-Event-ID must be an event id this API sent")
     return int(text)
 
