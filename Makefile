@@ -38,6 +38,8 @@ test: lint typecheck unit
 bench: $(DEV)
 	$(BIN)/python bench/queue.py
 	$(BIN)/python bench/render.py
+	$(BIN)/python -m bench.worker
+	$(BIN)/python -m bench.webhooks
 
 serve: $(BASE)
 	$(BIN)/genloom serve
