@@ -29,7 +29,7 @@ def browser() -> Iterator[Any]:
     if not Path(CHROMIUM).exists():
         if os.environ.get("CI"):
             pytest.fail(f"Chromium is missing at {CHROMIUM}; .ci/run installs Debian's chromium in CI")
-        pytest.skip(f"Chromium is not installed ({CHROMIUM}); `apt-get install chromium` to run the browser tests")
+        pytest.skip(reason=f"Chromium is not installed ({CHROMIUM}); `apt-get install chromium` to run them")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:

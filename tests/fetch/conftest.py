@@ -16,7 +16,7 @@ def serving(host: str, tls: ssl.SSLContext | None = None) -> Iterator[CountingSe
     try:
         server = CountingServer(host, tls)
     except OSError as exc:
-        pytest.skip(f"cannot listen on {host}: {exc}")
+        pytest.skip(reason=f"this machine cannot listen on {host}: {exc}")
     try:
         yield server
     finally:
