@@ -1,8 +1,10 @@
 """The append-only event log: rows written inside the caller's transaction, read back after an id.
 
-Ids are safe to resume from. Every writer of a job's events first takes that job's row (the
-conditional UPDATE of a transition, or a fenced touch), so one job's events commit in id order;
-the cross-job feed holds back rows of still-open transactions on PostgreSQL (statements.feed_after).
+Ids are safe to resume from within a job: every writer of a job's events first takes that job's
+row (the conditional UPDATE of a transition, or a fenced touch) and holds it to commit, so one job's
+events commit in id order. Across jobs, PostgreSQL transactions commit out of id order; the
+cross-job feed is read by (transaction id, event id) position and holds back what still-open
+transactions may add (statements.feed_after), so no writer has to queue behind a global lock.
 """
 
 from __future__ import annotations
@@ -39,12 +41,14 @@ def event_rows(
     ]
 
 
+#: A place in the cross-job feed: (transaction id, event id); (0, id) on SQLite.
+FeedPosition = tuple[int, int]
+
+
 async def append(conn: AsyncConnection, postgres: bool, rows: Sequence[dict[str, Any]]) -> None:
-    """One multi-row insert for all of a write's events, in commit order on PostgreSQL."""
+    """One multi-row insert for all of a write's events (stamped with the transaction on PostgreSQL)."""
     if rows:
-        if postgres:
-            await conn.execute(q.order_event_commits())
-        await conn.execute(q.insert_events(), list(rows))
+        await conn.execute(q.insert_events(postgres), list(rows))
 
 
 class EventLog:
@@ -58,8 +62,20 @@ class EventLog:
             rows = (await conn.execute(q.events_after(job_id, after, limit))).mappings().all()
         return [Event.from_row(r) for r in rows]
 
-    async def feed(self, project_id: str | None, after: int = 0, limit: int = 1000) -> list[Event]:
+    async def feed(
+        self, project_id: str | None, after: FeedPosition = (0, 0), limit: int = 1000,
+    ) -> tuple[list[Event], FeedPosition]:
+        """Events of every job (of a project) after ``after``, in commit order, and the position to
+        read on from."""
         async with self.db.read() as conn:
-            stmt = q.feed_after(project_id, after, limit)
+            stmt = q.feed_after(project_id, after, limit, self.db.is_postgres)
             rows = (await conn.execute(stmt)).mappings().all()
-        return [Event.from_row(r) for r in rows]
+        if rows:
+            after = (int(rows[-1]["tx"] or 0), int(rows[-1]["id"]))
+        return [Event.from_row(r) for r in rows], after
+
+    async def feed_head(self, project_id: str) -> FeedPosition:
+        """Where a project's feed ends now: reading on from here shows only what is new."""
+        async with self.db.read() as conn:
+            row = (await conn.execute(q.feed_head(project_id, self.db.is_postgres))).first()
+        return (0, 0) if row is None else (int(row[0] or 0), int(row[1] or 0))

@@ -4,6 +4,7 @@ guard on PostgreSQL that the claim is served by ix_jobs_claim, not a scan of the
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,11 +14,12 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, insert, pool, text
 from sqlalchemy.dialects import postgresql
 
+from genloom.events import EventLog
 from genloom.store import statements as q
-from genloom.store.engine import sync_url
+from genloom.store.engine import Database, sync_url
 from genloom.store.migrate import current, head, is_current, upgrade
-from genloom.store.schema import jobs, metadata
-from tests.dbs import PgTemplates
+from genloom.store.schema import jobs, metadata, on_dialect
+from tests.dbs import PgTemplates, libpq, pg_admin
 
 
 def diffs(url: str) -> list[Any]:
@@ -26,7 +28,9 @@ def diffs(url: str) -> list[Any]:
         with engine.connect() as conn:
             # Server defaults are compared on PostgreSQL only: Alembic's SQLite comparison reports
             # DEFAULT '' against server_default="" as a change even when they are the same.
-            opts = {"compare_type": True, "compare_server_default": engine.dialect.name == "postgresql"}
+            name = engine.dialect.name
+            opts = {"compare_type": True, "compare_server_default": name == "postgresql",
+                    "include_object": lambda obj, *_: on_dialect(obj, name)}
             ctx = MigrationContext.configure(conn, opts=opts)
             return list(compare_metadata(ctx, metadata))
     finally:
@@ -134,3 +138,40 @@ def test_claim_uses_the_claim_index(pg_url: str, runnable: int, types: list[str]
     found = scans(explain(pg_url, stmt))
     assert ("Seq Scan", "jobs") not in found, found
     assert any(name == "ix_jobs_claim" for _, name in found), found
+
+
+# --- 0002: events written before the tx column stay in the feed --------------------------------
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'old.db'}"
+        return
+    templates: PgTemplates = request.getfixturevalue("pg_templates")
+    name = f"genloom_m_{uuid.uuid4().hex[:12]}"
+    pg_admin(templates.server_url, f'CREATE DATABASE "{name}"')
+    yield libpq(templates.server_url, name)
+    pg_admin(templates.server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.mark.anyio
+async def test_events_from_before_0002_are_still_in_the_feed(empty_url: str) -> None:
+    upgrade(empty_url, "0001")
+    engine = create_engine(sync_url(empty_url), poolclass=pool.NullPool)
+    try:
+        with engine.begin() as conn:
+            for i in range(3):
+                conn.execute(text("INSERT INTO job_events (job_id, project_id, type, ts, data) "
+                                  "VALUES (:j, 'prj_old', 'queued', :ts, '{}')"), {"j": f"job_{i}", "ts": i})
+    finally:
+        engine.dispose()
+    upgrade(empty_url)
+    assert diffs(empty_url) == []
+    db = Database(empty_url)
+    try:
+        log = EventLog(db)
+        events, head = await log.feed("prj_old")
+        assert [e.job_id for e in events] == ["job_0", "job_1", "job_2"]
+        assert head == await log.feed_head("prj_old")
+    finally:
+        await db.dispose()

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from genloom.clock import ms
+from genloom.events import FeedPosition
 from genloom.jobs import JobSpec
 from genloom.lifecycle import EventType, Status
 from genloom.models import EventSpec
@@ -41,8 +42,11 @@ async def test_ids_strictly_increase_per_job_and_after_resumes(core: Any) -> Non
     assert [e.id for e in await core.events.after(job.id, ids[6])] == ids[7:]
     assert await core.events.after(job.id, ids[-1]) == []
     assert [e.id for e in await core.events.after(job.id, 0, limit=4)] == ids[:4]
-    assert [e.id for e in await core.events.feed(project.id, 0)] == ids
-    assert await core.events.feed("prj_other", 0) == []
+    feed, head = await core.events.feed(project.id)
+    assert [e.id for e in feed] == ids
+    assert head == await core.events.feed_head(project.id)
+    assert await core.events.feed(project.id, head) == ([], head)
+    assert await core.events.feed("prj_other") == ([], (0, 0))
 
 
 async def test_every_event_row_carries_job_type_ts_attempt_and_request_id(manual: Any) -> None:
@@ -101,16 +105,18 @@ class Follower:
 
     def __init__(self, core: Any, job_ids: list[str]) -> None:
         self.core = core
-        self.feed_cursor = 0
+        self.feed_cursor: FeedPosition = (0, 0)
         self.feed_seen: list[int] = []
+        self.feed_positions: list[FeedPosition] = []
         self.job_cursor = dict.fromkeys(job_ids, 0)
         self.job_seen: dict[str, list[int]] = {j: [] for j in job_ids}
 
     async def poll(self) -> None:
-        for event in await self.core.events.feed(None, self.feed_cursor):
-            assert event.id > self.feed_cursor, "the feed went backwards"
-            self.feed_cursor = event.id
-            self.feed_seen.append(event.id)
+        events, cursor = await self.core.events.feed(None, self.feed_cursor)
+        assert cursor >= self.feed_cursor, "the feed went backwards"
+        self.feed_cursor = cursor
+        self.feed_seen += [e.id for e in events]
+        self.feed_positions.append(cursor)
         for job_id in list(self.job_cursor):
             for event in await self.core.events.after(job_id, self.job_cursor[job_id]):
                 assert event.job_id == job_id
@@ -126,7 +132,8 @@ class Follower:
 
     async def check(self) -> None:
         rows = await event_rows(self.core)
-        assert sorted(self.feed_seen) == self.feed_seen
+        assert sorted(self.feed_positions) == self.feed_positions
+        assert len(set(self.feed_seen)) == len(self.feed_seen), "the feed repeated an event"
         missed = sorted({r["id"] for r in rows} - set(self.feed_seen))
         assert missed == [], f"the feed missed {len(missed)} events: {missed[:20]}"
         assert len(self.feed_seen) == len(rows)

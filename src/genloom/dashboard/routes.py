@@ -27,6 +27,7 @@ from genloom.api.auth import CSRF_COOKIE, SESSION_COOKIE
 from genloom.app import App
 from genloom.clock import ms
 from genloom.errors import Unauthorized
+from genloom.events import FeedPosition
 from genloom.lifecycle import Status
 from genloom.models import Project
 from genloom.projects import DEFAULT_PROJECT
@@ -179,27 +180,20 @@ async def job_deliveries(request: Request, job_id: str, who: Who) -> dict[str, A
 async def feed(request: Request, who: Who) -> StreamingResponse:
     """The project's events as SSE, from now on (the list page refreshes the rows they name)."""
     app = genloom_app(request)
-    cursor = await _last_event_id(app)
+    cursor = await app.core.events.feed_head(who.project.id)
     return StreamingResponse(_feed(request, app, who.project.id, cursor), media_type="text/event-stream",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
-async def _last_event_id(app: App) -> int:
-    from genloom.store.schema import job_events
-
-    async with app.core.db.read() as conn:
-        return int((await conn.execute(select(func.max(job_events.c.id)))).scalar() or 0)
-
-
-async def _feed(request: Request, app: App, project_id: str, cursor: int) -> AsyncIterator[bytes]:
+async def _feed(request: Request, app: App, project_id: str, cursor: FeedPosition) -> AsyncIterator[bytes]:
     woken = asyncio.Event()
     unsubscribe = app.core.notifier.subscribe(None, lambda _job_id: woken.set())
     idle = 0.0
     try:
         yield b": connected\n\n"
         while not await request.is_disconnected():
-            for event in await app.core.events.feed(project_id, cursor, limit=500):
-                cursor = event.id
+            events, cursor = await app.core.events.feed(project_id, cursor, limit=500)
+            for event in events:
                 data = json.dumps({"job_id": event.job_id, "stage": event.stage, "ts": event.ts})
                 yield f"id: {event.id}\nevent: {event.type.value}\ndata: {data}\n\n".encode()
                 idle = 0.0

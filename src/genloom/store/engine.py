@@ -65,9 +65,10 @@ class Database:
             _sqlite_pragmas(self.engine, immediate=True)
             _sqlite_pragmas(self.reader, immediate=False)
         else:
-            self.engine = create_async_engine(
-                self.url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
-            )
+            # No pre-ping (a round trip per checkout): a connection the server dropped fails its
+            # first statement as a disconnect, SQLAlchemy then discards the whole pool, and the
+            # caller sees Unavailable (a 503 with Retry-After, or a worker's retry).
+            self.engine = create_async_engine(self.url, pool_size=pool_size, max_overflow=pool_size)
             self.reader = self.engine
 
     @property

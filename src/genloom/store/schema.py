@@ -120,10 +120,13 @@ job_events = Table(
     Column("error_msg", Text),
     Column("request_id", String(64)),
     Column("data", JSON, nullable=False),
-    # PostgreSQL: the inserting transaction's id, so feed readers can hold back what is not yet
-    # safe to show (see events.py). NULL on SQLite, whose single writer commits in id order.
+    # PostgreSQL: the inserting transaction's id (xid8), so the cross-job feed can order by
+    # (tx, id) and hold back what open transactions may still add (see events.py). NULL on
+    # SQLite, whose single writer commits in id order.
+    Column("tx", BigInteger),
     Index("ix_job_events_job", "job_id", "id"),
-    Index("ix_job_events_project", "project_id", "id"),
+    Index("ix_job_events_project", "project_id", "id").ddl_if(dialect="sqlite"),
+    Index("ix_job_events_project_tx", "project_id", "tx", "id").ddl_if(dialect="postgresql"),
     sqlite_autoincrement=True,
 )
 
@@ -246,3 +249,10 @@ locks = Table(
     Column("owner", String(64), nullable=False),
     Column("expires_at", BigInteger, nullable=False),
 )
+
+
+def on_dialect(obj: object, dialect: str) -> bool:
+    """False for an index this schema creates only on another database (``Index.ddl_if``), which
+    Alembic's comparison does not know about; pass it as ``include_object``."""
+    cond = getattr(obj, "_ddl_if", None)
+    return cond is None or cond.dialect is None or cond.dialect == dialect

@@ -1,7 +1,7 @@
 """Every statement that touches the jobs, events and ledger tables, each named for its purpose.
 
 The only dialect branches here are the claim (SKIP LOCKED vs a single UPDATE … RETURNING),
-the transaction-id stamp on events, and wake-up NOTIFYs; everything else is portable Core.
+the transaction-id stamp and order of the event feed, and wake-up NOTIFYs; everything else is portable Core.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    literal,
     literal_column,
     or_,
     select,
@@ -296,29 +297,32 @@ def list_jobs(
     return stmt.order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit)
 
 
-def notify(channel: str, payload: str = "") -> TextClause:
-    """PostgreSQL NOTIFY, delivered when the surrounding transaction commits."""
-    return text("SELECT pg_notify(:channel, :payload)").bindparams(channel=channel, payload=payload)
+def notify(*messages: tuple[str, str]) -> TextClause:
+    """PostgreSQL NOTIFYs (channel, payload), delivered when the surrounding transaction commits;
+    all of a write's wake-ups in one round trip."""
+    calls = ", ".join(f"pg_notify(:c{i}, :p{i})" for i in range(len(messages)))
+    params = {f"{k}{i}": v for i, m in enumerate(messages) for k, v in zip("cp", m, strict=True)}
+    return text(f"SELECT {calls}").bindparams(**params)
 
 
 # --- events -----------------------------------------------------------------------------------
 
-# Any constant works; it only has to be the same for every writer of job_events.
-_EVENTS_LOCK_KEY = 0x67656E6C6F6F6D  # "genloom"
+# The inserting transaction's id, as a bigint (xid8 is 64-bit and never wraps).
+_CURRENT_TX: ColumnElement[int] = literal_column("pg_current_xact_id()::text::bigint")
+# Every transaction with a smaller id has ended: nothing it wrote can still appear.
+_OLDEST_OPEN_TX: ColumnElement[int] = literal_column("pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
 
 
-def insert_events() -> Insert:
-    return insert(job_events)
-
-
-def order_event_commits() -> Select[Any]:
-    """PostgreSQL: a transaction-scoped advisory lock taken just before the event insert and held
-    to COMMIT, so event ids are handed out in commit order. PostgreSQL makes a commit visible before
-    it releases locks, so a reader who has seen id N can never later find a smaller id appear."""
-    return select(func.pg_advisory_xact_lock(_EVENTS_LOCK_KEY))
+@functools.cache
+def insert_events(postgres: bool) -> Insert:
+    """Events stamped, on PostgreSQL, with their transaction's id (for ``feed_after``)."""
+    stmt = insert(job_events)
+    return stmt.values(tx=_CURRENT_TX) if postgres else stmt
 
 
 def events_after(job_id: str, after: int, limit: int) -> Select[Any]:
+    """One job's events after an id. Safe to resume from: every writer of a job's events holds
+    its row until commit, so the job's ids commit in increasing order."""
     return (
         select(job_events)
         .where(job_events.c.job_id == job_id, job_events.c.id > after)
@@ -327,12 +331,33 @@ def events_after(job_id: str, after: int, limit: int) -> Select[Any]:
     )
 
 
-def feed_after(project_id: str | None, after: int, limit: int) -> Select[Any]:
-    """A cross-job feed; ids are commit-ordered (see ``order_event_commits``), so ``id > after`` is safe."""
-    stmt = select(job_events).where(job_events.c.id > after)
+def feed_after(project_id: str | None, after: tuple[int, int], limit: int, postgres: bool) -> Select[Any]:
+    """A cross-job feed after a (tx, id) position. On PostgreSQL concurrent transactions commit
+    out of id order, so the feed orders by (tx, id) and shows only rows of transactions older than
+    the oldest still open: nothing can later appear behind a position a reader has passed. SQLite
+    has one writer at a time, so ids alone are commit-ordered (tx stays 0)."""
+    if postgres:
+        stmt = select(job_events).where(
+            tuple_(job_events.c.tx, job_events.c.id) > tuple_(literal(after[0]), literal(after[1])),
+            job_events.c.tx < _OLDEST_OPEN_TX,
+        )
+        order: tuple[Any, ...] = (job_events.c.tx, job_events.c.id)
+    else:
+        stmt = select(job_events).where(job_events.c.id > after[1])
+        order = (job_events.c.id,)
     if project_id is not None:
         stmt = stmt.where(job_events.c.project_id == project_id)
-    return stmt.order_by(job_events.c.id).limit(limit)
+    return stmt.order_by(*order).limit(limit)
+
+
+def feed_head(project_id: str, postgres: bool) -> Select[Any]:
+    """The project feed's current end: a position after which a reader sees only what is new."""
+    if postgres:
+        return (select(job_events.c.tx, job_events.c.id)
+                .where(job_events.c.project_id == project_id, job_events.c.tx < _OLDEST_OPEN_TX)
+                .order_by(job_events.c.tx.desc(), job_events.c.id.desc()).limit(1))
+    zero: ColumnElement[Any] = literal(0)
+    return select(zero, func.max(job_events.c.id)).where(job_events.c.project_id == project_id)
 
 
 def last_event_id(job_id: str) -> Select[Any]:

@@ -16,6 +16,7 @@ from genloom.notify import Notifier
 from genloom.store import statements as q
 from genloom.store.engine import Database
 from genloom.webhooks import outbox
+from genloom.webhooks import statements as webhook_q
 
 _MAX_PAYLOAD = 7000  # NOTIFY payloads must stay under 8000 bytes
 
@@ -25,6 +26,7 @@ class Unit:
     conn: AsyncConnection
     postgres: bool
     jobs_ready: bool = False
+    deliveries: bool = False
     event_jobs: set[str] = field(default_factory=set)
     after_commit: list[Callable[[], None]] = field(default_factory=list)
     _events: list[dict[str, Any]] = field(default_factory=list)
@@ -49,7 +51,17 @@ class Unit:
         triggers, self._triggers = self._triggers, []
         await events.append(self.conn, self.postgres, rows)
         if triggers and await outbox.enqueue(self.conn, self.postgres, triggers):
+            self.deliveries = True
             self.after_commit.append(functools.partial(outbox.wake, outbox.db_key(self.conn)))
+
+    def notifications(self) -> list[tuple[str, str]]:
+        """The NOTIFYs this write owes other processes (PostgreSQL): runnable jobs, the jobs that
+        have new events, new webhook deliveries."""
+        out = [(q.JOBS_CHANNEL, "")] if self.jobs_ready else []
+        out += [(q.EVENTS_CHANNEL, payload) for payload in _chunks(sorted(self.event_jobs))]
+        if self.deliveries:
+            out.append((webhook_q.WEBHOOKS_CHANNEL, ""))
+        return out
 
 
 @asynccontextmanager
@@ -59,11 +71,8 @@ async def unit(db: Database, notifier: Notifier) -> AsyncIterator[Unit]:
         u = Unit(conn=conn, postgres=db.is_postgres)
         yield u
         await u.flush()
-        if u.postgres:
-            if u.jobs_ready:
-                await conn.execute(q.notify(q.JOBS_CHANNEL))
-            for payload in _chunks(sorted(u.event_jobs)):
-                await conn.execute(q.notify(q.EVENTS_CHANNEL, payload))
+        if u.postgres and (messages := u.notifications()):
+            await conn.execute(q.notify(*messages))  # one round trip, sent at COMMIT
     if notifier.local_only:
         if u.jobs_ready:
             notifier.jobs_ready()

@@ -132,14 +132,13 @@ async def enqueue(conn: AsyncConnection, postgres: bool, triggers: Sequence[Trig
             })
     if rows:
         await conn.execute(q.insert_deliveries(), rows)
-        await announce(conn, postgres)
-    return len(rows)
+    return len(rows)  # the caller announces them (see store.unit), with its other wake-ups
 
 
 async def announce(conn: AsyncConnection, postgres: bool) -> None:
     """Wake other processes' dispatchers when this transaction commits (PostgreSQL NOTIFY)."""
     if postgres:
-        await conn.execute(store_q.notify(q.WEBHOOKS_CHANNEL))
+        await conn.execute(store_q.notify((q.WEBHOOKS_CHANNEL, "")))
 
 
 def new_delivery_id() -> str:

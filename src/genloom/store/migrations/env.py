@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from genloom.store.schema import metadata
+from genloom.store.schema import metadata, on_dialect
 
 config = context.config
 
@@ -27,6 +27,7 @@ def _migrate(conn: object) -> None:
         target_metadata=metadata,
         render_as_batch=True,  # SQLite alters tables by copying them
         compare_type=True,
+        include_object=lambda obj, _name, _type, _reflected, _other: on_dialect(obj, conn.dialect.name),  # type: ignore[attr-defined]
     )
     with context.begin_transaction():
         context.run_migrations()
