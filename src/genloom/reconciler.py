@@ -115,8 +115,9 @@ class Reconciler:
                 continue
             fresh = await self.core.jobs.get(job.id)
             # jobs with a callback deadline expire at it (CutX); the others stall (Motioness)
-            if fresh.status == Status.RUNNING and fresh.deadline is None and fresh.provider_since is not None \
-                    and now - fresh.provider_since > self.stall_ms:
+            # (not while a settle holds it: the prediction is done and its output is being stored)
+            if fresh.status == Status.RUNNING and fresh.deadline is None and fresh.lease_token is None \
+                    and fresh.provider_since is not None and now - fresh.provider_since > self.stall_ms:
                 await self._stall(fresh)
                 stalled += 1
         return asked, stalled

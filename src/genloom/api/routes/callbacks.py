@@ -11,9 +11,9 @@ from genloom.api import schemas
 from genloom.api.auth import genloom
 from genloom.api.docs import UNLIMITED, errors
 from genloom.api.routes.jobs import checked_id
-from genloom.errors import InvalidInput, NotFound, StageError, Unauthorized, Unavailable
+from genloom.errors import BrokenUrl, InvalidInput, NotFound, StageError, Unauthorized, Unavailable
 from genloom.observability import get_logger
-from genloom.pipelines.settle import settle
+from genloom.pipelines.settle import settle_once
 from genloom.providers.callbacks import verify_callback
 from genloom.providers.replicate import parse_prediction
 
@@ -50,11 +50,9 @@ async def callback(provider: str, job_id: str, request: Request) -> schemas.Call
     if job.provider != provider or job.provider_ref != pred.id:
         log.info("callback.ignored", job_id=job.id, ref=pred.id, reason="not the awaited prediction")
         return schemas.CallbackAck(job_id=job.id, status=job.status, applied=False)
-    before = job.updated_at
     try:
-        done = await settle(app.core, app.services, job, pred)
-    except StageError as exc:  # fetching the output failed: ask the provider to try again later
-        log.warning("callback.settle_failed", job_id=job.id, error=exc.code)
+        done, applied = await settle_once(app.core, app.services, job, pred)
+    except (StageError, BrokenUrl) as exc:  # fetching the output failed: ask the provider to try again later
+        log.warning("callback.settle_failed", job_id=job.id, error=exc.code, detail=exc.message)
         raise Unavailable("the output could not be fetched yet; retry later") from None
-    return schemas.CallbackAck(job_id=done.id, status=done.status,
-                               applied=done.updated_at != before or done.status != job.status)
+    return schemas.CallbackAck(job_id=done.id, status=done.status, applied=applied)
