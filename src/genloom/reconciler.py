@@ -132,7 +132,12 @@ class Reconciler:
         except Exception as exc:
             log.warning("reconciler.requery_failed", job_id=job.id, error=str(exc))
             return job
-        return await settle(self.core, self.services, job, pred)
+        try:
+            return await settle(self.core, self.services, job, pred)
+        except Exception as exc:  # its output could not be fetched (gone, refused): it stays parked, and
+            # stalls or expires in time; the jobs after it are still asked about
+            log.warning("reconciler.settle_failed", job_id=job.id, ref=job.provider_ref, error=str(exc))
+            return job
 
     async def _stall(self, job: Job) -> None:
         with contextlib.suppress(InvalidTransition, NotFound, LeaseLost):

@@ -1,6 +1,7 @@
 """Settling a parked job: of several settles at once (a provider retrying its callback, a re-query)
 one fetches and stores the output and the others find the job taken; a fetch that fails leaves the
-job parked for the next try; a cancel during the fetch ends the job cancelled."""
+job parked for the next try; a cancel during the fetch ends the job cancelled; and a job whose
+output cannot be fetched does not stop the reconciler from settling the jobs after it."""
 
 from __future__ import annotations
 
@@ -86,3 +87,12 @@ async def test_a_cancel_during_the_fetch_ends_the_job_cancelled(rapp: App, fake:
     assert "completed" not in types(await event_rows(rapp.core, job.id))
     assert [r["amount"] for r in await ledger_rows(rapp.core, job.id)] == [-3, 3]
 
+
+async def test_an_output_that_cannot_be_fetched_does_not_stop_the_reconciler(rapp: App, fake: FakeReplicate) -> None:
+    gone, _ = await parked_on_a_finished_prediction(rapp, fake, output_file="expired.png")  # a 404 by now
+    fine, _ = await parked_on_a_finished_prediction(rapp, fake)
+    counts = await rapp.reconciler().tick()
+    assert counts["requeried"] == 2
+    assert (await rapp.core.jobs.get(fine.id)).status == Status.COMPLETED
+    still = await rapp.core.jobs.get(gone.id)
+    assert still.status == Status.RUNNING and still.lease_token is None  # parked: it stalls or expires in time
