@@ -72,6 +72,16 @@ class Notifier:
             for cb in tuple(self._firehose):
                 cb(job_id)
 
+    def wake_everyone(self) -> None:
+        """Wake a claimer and every event subscriber, as if each had been notified: after LISTEN
+        was lost, whatever was sent meanwhile is gone, so each re-reads what it waits on."""
+        self.jobs_ready()
+        for job_id, subscribers in list(self._event_subs.items()):
+            for cb in tuple(subscribers):
+                cb(job_id)
+        for cb in tuple(self._firehose):
+            cb("")  # no one job: any may have changed
+
     def subscribe(self, job_id: str | None, cb: EventCallback) -> Callable[[], None]:
         """Call ``cb(job_id)`` when events are written for ``job_id`` (None: any job)."""
         target = self._firehose if job_id is None else self._event_subs[job_id]
@@ -117,14 +127,20 @@ class PgNotifier(Notifier):
 
     async def _listen(self) -> None:
         delay = 0.2
+        lost = False
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True) as conn:
                     await conn.execute(f"LISTEN {JOBS_CHANNEL}")
                     await conn.execute(f"LISTEN {EVENTS_CHANNEL}")
                     self.connected.set()
+                    log.info("notify.listening", reconnected=lost)
                     delay = 0.2
-                    await self._wake_one()  # anything queued while we were away
+                    if lost:
+                        self.wake_everyone()  # what was sent while we were away is lost
+                    else:
+                        await self._wake_one()  # anything queued before we listened
+                    lost = False
                     async for note in conn.notifies():
                         if note.channel == JOBS_CHANNEL:
                             await self._wake_one()
@@ -134,6 +150,7 @@ class PgNotifier(Notifier):
                 raise
             except Exception as exc:
                 self.connected.clear()
+                lost = True
                 log.warning("notify.listen_lost", error=str(exc), retry_in=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

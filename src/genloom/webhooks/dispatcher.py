@@ -262,6 +262,7 @@ class Dispatcher:
             try:
                 async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
                     await conn.execute(f"LISTEN {q.WEBHOOKS_CHANNEL}")
+                    log.info("webhooks.listening", owner=self.owner)
                     delay = 0.2
                     self._wake.set()  # whatever was announced while we were not listening
                     async for _ in conn.notifies():
