@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-from genloom.errors import InvalidTransition, JobCancelled, LeaseLost
+from genloom.errors import InvalidTransition, JobCancelled, LeaseLost, Unavailable
 from genloom.ids import WorkerId, new_worker_id
 from genloom.lifecycle import EventType
 from genloom.models import EventSpec, Job
@@ -85,7 +85,8 @@ class Worker:
             jobs = await self.core.queue.claim(self.id, self.types, limit)
         except Exception as exc:  # the database is down: back off, keep the process alive
             log.warning("worker.claim_failed", worker=self.id, error=str(exc))
-            await asyncio.sleep(self.core.settings.poll_seconds)
+            # woken early when the notifier's LISTEN connection is back (PostgreSQL)
+            await self.core.notifier.wait_for_jobs(self.core.settings.poll_seconds)
             return []
         for job in jobs:
             ctx = self._context(job)
@@ -176,6 +177,8 @@ class Worker:
             await self._after_park(ctx)
         except LeaseLost:
             log.warning("job.write_refused", job_id=job.id, worker=self.id, reason="lease_lost")
+        except Unavailable as exc:
+            await self._hand_back(ctx, exc)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -240,6 +243,9 @@ class Worker:
             return
         except InvalidTransition as exc:
             log.info("job.cancel_superseded", job_id=ctx.job.id, reason=exc.code)
+        except Unavailable as exc:  # its next attempt meets the cancel request at once
+            await self._hand_back(ctx, exc)
+            return
         await self._cancel_prediction(ctx)
 
     async def _failed(self, ctx: StageContext, stage: Stage | None, exc: Exception) -> None:
@@ -268,6 +274,32 @@ class Worker:
             ctx.finished = True
         except LeaseLost:
             log.warning("job.write_refused", job_id=job.id, worker=self.id, reason="lease_lost")
+        except Unavailable as unreachable:
+            await self._hand_back(ctx, unreachable)
+
+    async def _hand_back(self, ctx: StageContext, exc: Unavailable) -> None:
+        """The database went away during one of the attempt's writes: that is not the job's
+        failure, and nothing after its last write is recorded. Keep the job (the heartbeats renew
+        its lease once the database answers), then hand it back to the queue with the attempt
+        unspent; the next attempt reuses a prediction this one recorded. A refusal means the
+        write did commit (its answer was lost) or the lease is gone: either way not ours to touch."""
+        log.warning("job.database_unavailable", job_id=ctx.job.id, worker=self.id, error=str(exc))
+        if ctx.job.lease_token is None:
+            return
+        delay = 0.1
+        while not ctx.lease_lost:
+            await asyncio.sleep(delay)
+            try:
+                await self.core.queue.release(ctx.job)
+            except InvalidTransition as refused:
+                log.info("job.release_refused", job_id=ctx.job.id, worker=self.id, reason=refused.code)
+            except Unavailable:
+                delay = min(delay * 2, 2.0)
+                continue
+            else:
+                log.info("job.released", job_id=ctx.job.id, worker=self.id, reason="database_unavailable")
+            ctx.finished = True
+            return
 
     async def _cancel_prediction(self, ctx: StageContext, job: Job | None = None) -> None:
         job = job or ctx.job
