@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httpx
 
 from genloom.clock import ms
-from genloom.errors import JobCancelled, LeaseLost
+from genloom.errors import JobCancelled, LeaseLost, Unavailable
 from genloom.lifecycle import EventType
 from genloom.models import EventSpec, Job
 from genloom.observability import get_logger
@@ -142,7 +142,10 @@ class StageContext:
             await self.write({
                 "provider": provider_name, "provider_ref": pred.id, "provider_since": ms(self.queue.clock.now()),
             })
-        except LeaseLost:  # nobody will ever wait on it: do not let it run (and bill) for nothing
+        except (LeaseLost, Unavailable):
+            # Nobody will ever wait on it: do not let it run (and bill) for nothing. Unreachable,
+            # the write may yet have committed; then the next attempt finds it cancelled and
+            # submits again, rather than this one being left running unrecorded.
             with contextlib.suppress(Exception):
                 await provider.cancel(pred.id)
             raise
