@@ -30,15 +30,18 @@ async def _ensure_account(u: Unit, project_id: str, user_id: str) -> None:
 
 async def charge(u: Unit, *, project_id: str, user_id: str, job_id: str, round_: int, amount: int, now: int) -> None:
     """Debit ``amount`` for a job's billing round, or raise InsufficientCredits (nothing written)."""
-    res = await u.conn.execute(q.debit_account(project_id, user_id, amount))
-    if res.rowcount != 1:
+    entry = {"project_id": project_id, "user_id": user_id, "job_id": job_id, "round": round_, "created_at": now}
+    if u.postgres:  # one statement: the entry is written only if the debit took
+        params = {f"b_{k}": v for k, v in entry.items()} | {"b_amount": amount}
+        took = (await u.conn.execute(q.charge_prepared(), params)).first() is not None
+    else:
+        res = await u.conn.execute(q.debit_prepared(),
+                                   {"b_project_id": project_id, "b_user_id": user_id, "b_amount": amount})
+        took = res.rowcount == 1
+    if not took:
         raise InsufficientCredits(f"this job costs {amount} credits; the balance is lower", cost=amount)
-    await u.conn.execute(
-        q.insert_ledger(
-            {"project_id": project_id, "user_id": user_id, "job_id": job_id, "reason": "charge",
-             "round": round_, "amount": -amount, "created_at": now}
-        )
-    )
+    if not u.postgres:
+        await u.conn.execute(q.insert_ledger(), entry | {"reason": "charge", "amount": -amount})
 
 
 async def refund(u: Unit, job: dict[str, Any], now: int, note: str) -> None:
@@ -49,11 +52,9 @@ async def refund(u: Unit, job: dict[str, Any], now: int, note: str) -> None:
         return
     await u.conn.execute(q.credit_account(job["project_id"], job["user_id"], job["cost"]))
     await u.conn.execute(
-        q.insert_ledger(
-            {"project_id": job["project_id"], "user_id": job["user_id"], "job_id": job["id"],
-             "reason": "refund", "round": job["round"], "amount": job["cost"], "note": note,
-             "created_at": now}
-        )
+        q.insert_ledger(),
+        {"project_id": job["project_id"], "user_id": job["user_id"], "job_id": job["id"],
+         "reason": "refund", "round": job["round"], "amount": job["cost"], "note": note, "created_at": now},
     )
 
 
@@ -73,10 +74,9 @@ class Credits:
             await _ensure_account(u, project_id, user_id)
             await u.conn.execute(q.credit_account(project_id, user_id, amount))
             await u.conn.execute(
-                q.insert_ledger(
-                    {"project_id": project_id, "user_id": user_id, "job_id": None, "reason": "grant",
-                     "round": 0, "amount": amount, "note": note, "created_at": now}
-                )
+                q.insert_ledger(),
+                {"project_id": project_id, "user_id": user_id, "job_id": None, "reason": "grant",
+                 "round": 0, "amount": amount, "note": note, "created_at": now},
             )
             bal = (await u.conn.execute(q.select_balance(project_id, user_id))).scalar_one()
         return int(bal)

@@ -154,7 +154,7 @@ class Jobs:
             # key (and finds this job) instead of being refused by a balance this job has spent.
             billed = project.billing_enabled and cost > 0
             values["charged"] = billed
-            await u.conn.execute(q.insert_job(values))
+            await u.conn.execute(q.insert_job(), values)
             if billed:
                 await credits.charge(u, project_id=project.id, user_id=spec.user, job_id=job_id,
                                      round_=0, amount=cost, now=now)

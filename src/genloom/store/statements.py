@@ -11,10 +11,13 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Delete,
     Insert,
+    Integer,
     Select,
+    String,
     TextClause,
     Update,
     and_,
@@ -49,8 +52,10 @@ CLAIMABLE = (Status.QUEUED.value, Status.PENDING.value)
 
 # --- jobs: single rows -----------------------------------------------------------------------
 
-def insert_job(values: dict[str, Any]) -> Insert:
-    return insert(jobs).values(**values)
+@functools.cache
+def insert_job() -> Insert:
+    """Executed with the row as parameters: one compiled statement for every create."""
+    return insert(jobs)
 
 
 def select_job(job_id: str, project_id: str | None = None) -> Select[Any]:
@@ -403,8 +408,38 @@ def ledger_sum(project_id: str, user_id: str) -> Select[Any]:
     )
 
 
-def insert_ledger(values: dict[str, Any]) -> Insert:
-    return insert(credit_ledger).values(**values)
+@functools.cache
+def insert_ledger() -> Insert:
+    """Executed with the entry as parameters."""
+    return insert(credit_ledger)
+
+
+@functools.cache
+def debit_prepared() -> Update:
+    """``debit_account`` with bound parameters (b_project_id, b_user_id, b_amount): SQLite's charge."""
+    return debit_account(bindparam("b_project_id"), bindparam("b_user_id"), bindparam("b_amount"))  # type: ignore[arg-type]
+
+
+@functools.cache
+def charge_prepared() -> Insert:
+    """PostgreSQL: debit and ledger entry in one statement (one round trip). It inserts the entry
+    only when the debit took, so no row returned means insufficient credits and nothing was written.
+    Parameters: b_project_id, b_user_id, b_amount, b_job_id, b_round, b_created_at."""
+    c = credit_accounts.c
+    amount = bindparam("b_amount", type_=BigInteger)
+    debit = (
+        update(credit_accounts)
+        .where(c.project_id == bindparam("b_project_id"), c.user_id == bindparam("b_user_id"), c.balance >= amount)
+        .values(balance=c.balance - amount)
+        .returning(c.project_id, c.user_id)
+        .cte("debit")
+    )
+    entry = select(
+        debit.c.project_id, debit.c.user_id, bindparam("b_job_id", type_=String), literal("charge"),
+        bindparam("b_round", type_=Integer), -amount, bindparam("b_created_at", type_=BigInteger),
+    )
+    cols = ["project_id", "user_id", "job_id", "reason", "round", "amount", "created_at"]
+    return insert(credit_ledger).from_select(cols, entry).add_cte(debit).returning(credit_ledger.c.id)
 
 
 def ledger_for_job(job_id: str) -> Select[Any]:
