@@ -5,6 +5,8 @@ row (the conditional UPDATE of a transition, or a fenced touch) and holds it to 
 events commit in id order. Across jobs, PostgreSQL transactions commit out of id order; the
 cross-job feed is read by (transaction id, event id) position and holds back what still-open
 transactions may add (statements.feed_after), so no writer has to queue behind a global lock.
+The price: the feed shows nothing newer than the oldest write transaction open anywhere in the
+PostgreSQL cluster, so a long one (a bulk load, a frozen process) delays it; it never skips.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ all its writes refused (LeaseLost).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from genloom.clock import Clock, ms
@@ -24,6 +25,14 @@ from genloom.store.unit import unit
 log = get_logger("genloom.queue")
 
 
+@dataclass(frozen=True)
+class FirstStage:
+    """The stage a claimed job starts on, and the event that says so (None: the stage has none)."""
+
+    name: str
+    event: EventSpec | None
+
+
 class Queue:
     def __init__(self, jobs: Jobs, clock: Clock, *, lease_seconds: float = 30.0) -> None:
         self.jobs = jobs
@@ -34,17 +43,32 @@ class Queue:
     def _now(self) -> int:
         return ms(self.clock.now())
 
-    async def claim(self, worker_id: str, types: Collection[str] | None = None, limit: int = 1) -> list[Job]:
-        """Lease up to ``limit`` runnable jobs (highest priority, oldest first) to ``worker_id``."""
+    async def claim(
+        self, worker_id: str, types: Collection[str] | None = None, limit: int = 1,
+        first_stage: Callable[[Job], FirstStage | None] | None = None,
+    ) -> list[Job]:
+        """Lease up to ``limit`` runnable jobs (highest priority, oldest first) to ``worker_id``.
+
+        ``first_stage`` names the stage each job starts on (and its start event): written by this
+        same transaction, so a job's first stage begins after one commit, not two."""
         now = self._now()
         token = new_lease_token()
         async with unit(self.db, self.notifier) as u:
             params = q.claim_params(worker_id=worker_id, token=token, now=now, lease_until=now + self.lease_ms,
                                     limit=limit, types=types)
             stmt = q.claim_prepared(u.postgres, types is not None)
-            rows = (await u.conn.execute(stmt, params)).mappings().all()
+            rows = [dict(r) for r in (await u.conn.execute(stmt, params)).mappings().all()]
+            stages: list[dict[str, Any]] = []
             for row in rows:
-                u.add_events(row, [EventSpec(EventType.STARTED, data={"worker": worker_id})], now)
+                specs = [EventSpec(EventType.STARTED, data={"worker": worker_id})]
+                first = first_stage(Job.from_row(row)) if first_stage is not None else None
+                if first is not None:
+                    row["stage"] = first.name
+                    stages.append({"s_id": row["id"], "s_token": token, "s_stage": first.name})
+                    specs += [first.event] if first.event is not None else []
+                u.add_events(row, specs, now)
+            if stages:
+                await u.conn.execute(q.set_first_stage(), stages)
         claimed = [Job.from_row(r) for r in rows]
         for job in claimed:
             log.info("job.transition", job_id=job.id, project_id=job.project_id, request_id=job.request_id,

@@ -21,6 +21,7 @@ from genloom.observability import get_logger
 from genloom.pipelines.context import Parked, Services, StageContext
 from genloom.pipelines.registry import Registry, Stage
 from genloom.pipelines.settle import settle
+from genloom.queue import FirstStage
 from genloom.retry import Backoff, decide
 from genloom.runtime import Core
 
@@ -48,6 +49,7 @@ class Worker:
         self.backoff = Backoff(s.backoff_base_seconds, 2.0, s.backoff_cap_seconds)
         self.active: dict[str, tuple[asyncio.Task[None], StageContext]] = {}
         self._slot = asyncio.Event()
+        self._started_by_claim: set[str] = set()  # jobs whose first stage's start the claim wrote
         self._stopping = asyncio.Event()
         if services.executor is None:
             services.executor = ThreadPoolExecutor(max_workers=max(2, self.concurrency), thread_name_prefix="stage")
@@ -82,7 +84,7 @@ class Worker:
 
     async def _claim(self, limit: int) -> list[Job]:
         try:
-            jobs = await self.core.queue.claim(self.id, self.types, limit)
+            jobs = await self.core.queue.claim(self.id, self.types, limit, first_stage=self._first_stage)
         except Exception as exc:  # the database is down: back off, keep the process alive
             log.warning("worker.claim_failed", worker=self.id, error=str(exc))
             # woken early when the notifier's LISTEN connection is back (PostgreSQL)
@@ -95,6 +97,20 @@ class Worker:
             task.add_done_callback(functools.partial(self._done, job.id))
         return jobs
 
+    def _first_stage(self, job: Job) -> FirstStage | None:
+        """The stage the job starts on, for the claim to record with it (one commit fewer before
+        the first stage runs). None when it cannot be planned here: ``_execute`` plans again and
+        fails the job with the reason."""
+        try:
+            plan = self.registry.get(job.type).plan(job.mode, job.input)
+        except Exception:
+            return None
+        if not plan:
+            return None
+        stage = plan[0]
+        self._started_by_claim.add(job.id)
+        return FirstStage(stage.name, EventSpec(_START[stage.kind], stage=stage.name) if stage.kind in _START else None)
+
     async def _next_due_in(self) -> float | None:
         try:
             return await self.core.queue.next_due_in()
@@ -104,6 +120,7 @@ class Worker:
 
     def _done(self, job_id: str, _task: object = None) -> None:
         self.active.pop(job_id, None)
+        self._started_by_claim.discard(job_id)
         self._slot.set()
 
     def _context(self, job: Job) -> StageContext:
@@ -201,7 +218,10 @@ class Worker:
         write (the last stage's goes with the job's completion, failure or parking)."""
         ctx.stage, ctx.stage_t0 = stage, time.perf_counter()
         start = [EventSpec(_START[stage.kind], stage=stage.name)] if stage.kind in _START else []
-        await ctx.write({"stage": stage.name}, start)
+        if ctx.job.id in self._started_by_claim:  # the claim wrote this start
+            self._started_by_claim.discard(ctx.job.id)
+        else:
+            await ctx.write({"stage": stage.name}, start)
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         await stage.run(ctx)

@@ -20,6 +20,17 @@ from tests.store.helpers import claim_exactly, event_rows, make_project, run_pro
 pytestmark = pytest.mark.anyio
 
 
+async def settled_feed(core: Any, project_id: str, n: int) -> tuple[list[Any], FeedPosition]:
+    """The project's feed once it shows ``n`` events. On PostgreSQL the feed holds back events
+    while any older write transaction in the cluster is open (other tests' servers share it)."""
+    async with asyncio.timeout(30):
+        while True:
+            feed, head = await core.events.feed(project_id)
+            if len(feed) >= n:
+                return feed, head
+            await asyncio.sleep(0.05)
+
+
 def stage_events(i: int) -> list[EventSpec]:
     return [
         EventSpec(EventType.STAGE_STARTED, stage=f"s{i}"),
@@ -42,7 +53,7 @@ async def test_ids_strictly_increase_per_job_and_after_resumes(core: Any) -> Non
     assert [e.id for e in await core.events.after(job.id, ids[6])] == ids[7:]
     assert await core.events.after(job.id, ids[-1]) == []
     assert [e.id for e in await core.events.after(job.id, 0, limit=4)] == ids[:4]
-    feed, head = await core.events.feed(project.id)
+    feed, head = await settled_feed(core, project.id, len(ids))
     assert [e.id for e in feed] == ids
     assert head == await core.events.feed_head(project.id)
     assert await core.events.feed(project.id, head) == ([], head)
@@ -132,6 +143,10 @@ class Follower:
 
     async def check(self) -> None:
         rows = await event_rows(self.core)
+        async with asyncio.timeout(30):  # held back while an older write transaction is open somewhere
+            while len(self.feed_seen) < len(rows):
+                await asyncio.sleep(0.05)
+                await self.poll()
         assert sorted(self.feed_positions) == self.feed_positions
         assert len(set(self.feed_seen)) == len(self.feed_seen), "the feed repeated an event"
         missed = sorted({r["id"] for r in rows} - set(self.feed_seen))

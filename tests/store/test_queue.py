@@ -17,6 +17,7 @@ from genloom.errors import LeaseLost
 from genloom.jobs import JobSpec
 from genloom.lifecycle import EventType, Status
 from genloom.models import EventSpec
+from genloom.queue import FirstStage
 from genloom.retry import Decision
 from genloom.runtime import open_core
 from genloom.store import statements as q
@@ -115,6 +116,21 @@ async def test_claim_writes_started_and_leases(manual: Any) -> None:
     assert [(e["type"], e["attempt"], e["data"]) for e in events] == [
         ("queued", 0, {}), ("started", 1, {"worker": "w_a"})
     ]
+
+
+async def test_a_claim_can_start_each_job_on_its_first_stage(core: Any) -> None:
+    project = await make_project(core, billing=False)
+    first, second = await create(core, project), await create(core, project)
+    starts = {first.id: FirstStage("vision", EventSpec(EventType.VISION_STARTED, stage="vision")),
+              second.id: FirstStage("store", None)}
+    claimed = await core.queue.claim("w_a", limit=2, first_stage=lambda job: starts[job.id])
+    assert {j.id: j.stage for j in claimed} == {first.id: "vision", second.id: "store"}
+    for job in claimed:  # written by the claim's own transaction, and fenced by its lease
+        assert (await job_row(core, job.id))["stage"] == job.stage
+        await core.queue.touch(job, values={"progress": 0.5})
+    assert [(e["type"], e["stage"]) for e in await event_rows(core, first.id)] == [
+        ("queued", None), ("started", None), ("vision_started", "vision")]
+    assert [e["type"] for e in await event_rows(core, second.id)] == ["queued", "started"]
 
 
 async def test_sync_jobs_are_created_pending_and_claimed_pending_to_running(core: Any) -> None:

@@ -102,6 +102,15 @@ def fenced_touch(job_id: str, lease_token: str, values: dict[str, Any]) -> Updat
     )
 
 
+@functools.cache
+def set_first_stage() -> Update:
+    """The stage a claim starts its jobs on (executemany: s_id, s_token, s_stage), in the claim's
+    own transaction; fenced like every worker write."""
+    return (update(jobs)
+            .where(jobs.c.id == bindparam("s_id"), jobs.c.lease_token == bindparam("s_token"))
+            .values(stage=bindparam("s_stage")))
+
+
 def touch_job(job_id: str, now: int) -> Update:
     """Take a job's row lock for an event that changes nothing else (webhook outcomes)."""
     return update(jobs).where(jobs.c.id == job_id).values(updated_at=now).returning(*jobs.c)
