@@ -9,7 +9,7 @@ from typing import Any
 from tests.api.conftest import MAX_UPLOAD, Tenant, error_of, motion, png_bytes
 
 SAMPLE = (files("genloom") / "assets" / "sample.jpg").read_bytes()
-KEY = re.compile(r"uploads/[0-9a-f]{16}/[0-9a-f]{32}\.(jpg|png|webp)")
+KEY = re.compile(r"uploads/prj_[0-9a-z]+/[0-9a-f]{16}/[0-9a-f]{32}\.(jpg|png|webp)")
 
 
 def test_multipart_upload_feeds_a_motion_job(tenant: Tenant) -> None:
@@ -47,3 +47,11 @@ def test_refusals(tenant: Tenant) -> None:
                    {"content": iter([big[:100_000], big[100_000:]]), "headers": {"Content-Type": "image/jpeg"}}):
         r = tenant.http.post("/v1/uploads", **kwargs)
         assert r.status_code == 413 and error_of(r)["code"] == "too_large", r.text
+
+
+def test_an_upload_is_usable_only_by_its_own_project(tenant: Tenant, other: Tenant) -> None:
+    up = tenant.http.post("/v1/uploads", content=png_bytes(), headers={"Content-Type": "image/png"}).json()
+    assert up["key"].startswith(f"uploads/{tenant.keys.project.id}/")
+    job = other.http.post("/v1/jobs", json=motion(src=up["key"]), headers={"Prefer": "wait=30"}).json()
+    assert (job["status"], job["error_code"]) == ("failed", "invalid_input"), job
+    assert "no uploaded file" in job["error_message"]

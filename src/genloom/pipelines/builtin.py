@@ -26,7 +26,7 @@ from genloom.media import ads, renderer, text, vision, voice
 from genloom.pipelines.context import StageContext
 from genloom.pipelines.registry import Registry, Stage, StageFn
 from genloom.providers.openai_compat import ad_copy, write_script
-from genloom.storage.base import output_key
+from genloom.storage.base import output_key, upload_prefix
 
 T = TypeVar("T")
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp")
@@ -108,7 +108,8 @@ async def resolve_image(ctx: StageContext, src: str, dest: Path) -> Path:
         return Path(fetched.path)
     if src.startswith("uploads/"):
         storage = ctx.services.storage
-        if await storage.stat(src) is None:
+        # an upload is its project's: another project's key is as unknown as a made-up one
+        if not src.startswith(upload_prefix(ctx.job.project_id)) or await storage.stat(src) is None:
             raise InvalidInput(f"no uploaded file {src!r}", code="invalid_input")
         with dest.open("wb") as f:
             async for chunk in storage.open_range(src):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,16 @@ class StoredObject:
 def output_key(job_id: str, attempt: int, ext: str = "mp4") -> str:
     """The storage key of a job's output: no user text ever reaches a path."""
     return f"outputs/{job_id[:2]}/{job_id}/a{attempt}.{ext}"
+
+
+def upload_prefix(project_id: str) -> str:
+    """Where a project's uploads live; jobs read only their own project's."""
+    return f"uploads/{project_id}/"
+
+
+def upload_key(project_id: str, sha256: str, ext: str) -> str:
+    """A new upload's key: generated (the project id and a random name), never the user's file name."""
+    return f"{upload_prefix(project_id)}{sha256[:16]}/{uuid.uuid4().hex}.{ext}"
 
 
 class Storage(Protocol):

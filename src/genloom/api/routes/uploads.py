@@ -20,6 +20,7 @@ from genloom.api.docs import errors
 from genloom.api.errors import ApiError
 from genloom.errors import BrokenUrl, InvalidInput, Oversize, UnsupportedMedia
 from genloom.media.vision import probe
+from genloom.storage.base import upload_key
 
 router = APIRouter(prefix="/v1", tags=["uploads"])
 _TYPES = {"JPEG": ("image/jpeg", "jpg"), "PNG": ("image/png", "png"), "WEBP": ("image/webp", "webp")}
@@ -94,7 +95,7 @@ async def upload(request: Request, who: Caller = Depends(caller)) -> schemas.Upl
         except BrokenUrl:
             raise UnsupportedMedia("the file is not a complete JPEG, PNG or WEBP image") from None
         content_type, ext = _TYPES[fmt]
-        key = f"uploads/{sha[:16]}/{uuid.uuid4().hex}.{ext}"
+        key = upload_key(who.project.id, sha, ext)
         await app.services.storage.put_file(key, tmp, content_type)
     finally:
         await asyncio.to_thread(tmp.unlink, True)
