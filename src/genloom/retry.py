@@ -11,12 +11,19 @@ TRANSIENT_HTTP = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Timeouts, connection resets and 5xx are transient; anything genloom classified is kept."""
+    """Timeouts, connection resets and 5xx are transient; anything genloom classified is kept. Of
+    other OS errors, a missing file or a refused permission will not mend by waiting (a retry only
+    delays the failure); a full disk or an I/O hiccup may."""
     if isinstance(exc, TransientError):
         return True
     if isinstance(exc, (PermanentError, GenloomError)):
         return False
+    if isinstance(exc, _LASTING_OS_ERRORS):
+        return False
     return isinstance(exc, (TimeoutError, ConnectionError, OSError))
+
+
+_LASTING_OS_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
 @dataclass(frozen=True)

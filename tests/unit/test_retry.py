@@ -16,14 +16,16 @@ class ProviderTimeout(TransientError):
 
 @pytest.mark.parametrize(
     "exc",
-    [TransientError(), ProviderTimeout(), TimeoutError(), ConnectionResetError(), ConnectionError(), OSError()],
+    [TransientError(), ProviderTimeout(), TimeoutError(), ConnectionResetError(), ConnectionError(), OSError(),
+     OSError(28, "No space left on device")],
 )
 def test_transient(exc: BaseException) -> None:
     assert is_transient(exc)
 
 
 @pytest.mark.parametrize(
-    "exc", [PermanentError(), InvalidInput(), ValueError("bad"), KeyError("x"), RuntimeError()]
+    "exc", [PermanentError(), InvalidInput(), ValueError("bad"), KeyError("x"), RuntimeError(),
+            FileNotFoundError(2, "gone"), PermissionError(13, "denied"), IsADirectoryError()]
 )
 def test_permanent(exc: BaseException) -> None:
     assert not is_transient(exc)
