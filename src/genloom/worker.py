@@ -248,8 +248,10 @@ class Worker:
 
     async def _cancelled(self, ctx: StageContext) -> None:
         """End the job cancelled, then stop its provider prediction (never the other way round:
-        only the holder of the job may touch what its attempt submitted)."""
-        if ctx.lease_lost:
+        only the holder of the job may touch what its attempt submitted). A job this attempt parked
+        itself (its fenced park write succeeded, no lease is left) is still its own to cancel, even if
+        the watcher, reading the row while that write landed, took the cleared lease for a lost one."""
+        if ctx.lease_lost and ctx.job.lease_token is not None:
             log.warning("job.write_refused", job_id=ctx.job.id, worker=self.id, reason="lease_lost")
             return
         try:

@@ -144,3 +144,21 @@ async def _provider_ref(app: App, job_id: str) -> str | None:
 async def _parked(app: App, job_id: str) -> object:
     job = await app.core.jobs.get(job_id)
     return job if job.status == Status.RUNNING and job.lease_token is None and job.provider_ref else None
+
+
+async def test_a_cancel_met_by_the_park_write_is_honoured_even_if_the_watcher_saw_the_lease_go(
+    rapp: App, fake: FakeReplicate, control: Control
+) -> None:
+    """The park write clears the lease; a watcher that reads the row just as it lands (before the
+    write returns) takes that for a lost lease. The job it parked is still its own to cancel."""
+    project = await make_project(rapp.core, credits=3)
+    job = await submit(rapp.core, project, "replicate_park", input={"gate_before_park": "park"})
+    async with running(rapp) as worker:
+        ref = await eventually(lambda: _provider_ref(rapp, job.id))
+        await rapp.core.jobs.cancel(job.id)  # the worker holds it: only flagged
+        worker.active[job.id][1].lease_lost = True  # what the watcher concludes in that race
+        control.gate("park").set()
+        done = await wait_status(rapp.core, job.id, Status.CANCELLED, within=5)
+    assert done.lease_token is None and done.result_key is None
+    assert fake.cancels == [ref]
+    assert await refunded(rapp, job.id) == [-3, 3]
