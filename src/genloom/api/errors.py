@@ -1,8 +1,9 @@
 """One error shape for every response, ``{"error": {"code", "message", "request_id"}}``, and the
 handlers that turn domain errors, FastAPI's validation errors and database outages into it.
 
-Database outages become 503 with Retry-After, never a 500, so clients and load balancers back off
-instead of treating the server as broken.
+Database outages become 503 ``unavailable`` with Retry-After, never a 500, so clients and load
+balancers back off instead of treating the server as broken; a connection pool that stays full is
+503 ``busy`` (the database is fine, this server is saturated) with a shorter Retry-After.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from genloom.observability import get_logger
 
 log = get_logger("genloom.api")
 RETRY_AFTER_SECONDS = 5
+BUSY_RETRY_AFTER_SECONDS = 1
 
 #: Codes for errors raised as bare HTTP statuses (routing, method, body limits).
 _STATUS_CODES = {
@@ -55,6 +57,13 @@ def error_response(
 
 def unavailable(request: Request, message: str = "the database is unreachable") -> JSONResponse:
     return error_response(request, 503, "unavailable", message, {"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+def busy(request: Request) -> JSONResponse:
+    """Every pooled connection stayed taken for the pool's timeout: the database is up, this
+    server is saturated; a retry soon (here or on another replica) is the right move."""
+    return error_response(request, 503, "busy", "the server is busy, retry",
+                          {"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)})
 
 
 def status_of(exc: GenloomError) -> int:
@@ -105,6 +114,11 @@ async def _database_down(request: Request, exc: Exception) -> JSONResponse:
     return unavailable(request)
 
 
+async def _pool_exhausted(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("api.database_pool_exhausted", path=request.url.path)
+    return busy(request)
+
+
 async def _bad_value(request: Request, exc: Exception) -> JSONResponse:
     """The database refused a value (a NUL character, a bad escape) that validation let through."""
     return error_response(request, 422, "invalid_input", "a value in the request cannot be stored")
@@ -114,6 +128,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(GenloomError, _genloom)
     app.add_exception_handler(HTTPException, _http)
     app.add_exception_handler(RequestValidationError, _validation)
-    for db_error in (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, ConnectionError):
+    for db_error in (sa_exc.OperationalError, sa_exc.InterfaceError, ConnectionError):
         app.add_exception_handler(db_error, _database_down)
+    app.add_exception_handler(sa_exc.TimeoutError, _pool_exhausted)  # the pool's: not an outage
     app.add_exception_handler(sa_exc.DataError, _bad_value)
