@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from genloom.api import errors
 from genloom.api.auth import RateLimiter
 from genloom.api.edge import Edge, body_limit
+from genloom.api.fanout import Fanout, fanout_gauges
 from genloom.api.openapi import GenloomAPI
 from genloom.api.protocol import http_protocol
 from genloom.api.routes import admin, callbacks, credits, events, jobs, results, system, uploads, webhooks
@@ -48,8 +49,11 @@ def create_app(
     async def lifespan(api: FastAPI) -> AsyncIterator[None]:
         gl = await open_app(settings, types)
         api.state.genloom = gl
-        api.state.draining = asyncio.Event()
+        api.state.draining = draining = asyncio.Event()
         api.state.loop = asyncio.get_running_loop()
+        api.state.fanout = feeds = Fanout(gl.core)
+        closer = asyncio.create_task(feeds.close_when(draining), name="genloom-fanout-close")
+        fanout_gauges(feeds, gl.core.metrics)
         stop = asyncio.Event()
         if background:
             gl.start_background(stop)
@@ -57,7 +61,8 @@ def create_app(
         try:
             yield
         finally:
-            api.state.draining.set()
+            draining.set()
+            await closer
             stop.set()
             await gl.wait_background()
             await gl.close()

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials
 
 from genloom.api.auth import caller, genloom, project_key, request_id
+from genloom.api.fanout import fanout_of
 from genloom.api.routes.events import HEARTBEAT_SECONDS, MAX_ID, resume_from, stream
 from genloom.api.routes.jobs import requery_if_parked
 from genloom.api.routes.results import send_stored
@@ -139,7 +140,7 @@ async def events(pk: str, asset_id: str, request: Request,
     job = await app.core.jobs.get(asset_id, project.id)
     cursor = resume_from(request.headers.get("last-event-id"), last_event_id)
     heartbeat = float(getattr(request.app.state, "sse_heartbeat", HEARTBEAT_SECONDS))
-    body = stream(app, job.id, cursor, heartbeat, getattr(request.app.state, "draining", None), frame=event_frame)
+    body = stream(app, fanout_of(request), job, cursor, heartbeat, frame=event_frame)
     return StreamingResponse(body, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 

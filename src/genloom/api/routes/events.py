@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -21,12 +21,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from genloom.api import schemas
 from genloom.api.auth import Caller, caller, genloom
 from genloom.api.docs import errors
+from genloom.api.fanout import Fanout, Frame, fanout_of
 from genloom.api.routes.jobs import checked_id
-from genloom.api.waiting import POLL_SECONDS, JobWatch, uncancelled
+from genloom.api.waiting import uncancelled
 from genloom.app import App
 from genloom.errors import GenloomError, InvalidInput
 from genloom.lifecycle import TERMINAL_EVENTS
-from genloom.models import Event
+from genloom.models import Event, Job
 from genloom.observability import get_logger
 
 router = APIRouter(prefix="/v1/jobs", tags=["events"])
@@ -54,37 +55,85 @@ def resume_from(header: str | None, query: int | None) -> int:
     return int(text)
 
 
-async def stream(app: App, job_id: str, cursor: int, heartbeat: float, draining: asyncio.Event | None,
-                 *, frame: Callable[[Event], bytes] = frame) -> AsyncIterator[bytes]:
-    """The SSE body; ``frame`` renders one event (the compat layers use their own names)."""
-    loop = asyncio.get_running_loop()
-    beat_at = loop.time() + heartbeat
+async def stream(app: App, feeds: Fanout, job: Job, cursor: int, heartbeat: float,
+                 *, frame: Frame = frame) -> AsyncIterator[bytes]:
+    """The SSE body from ``cursor`` on; ``job`` was read before any event (a terminal job's events
+    are then all in) and ``frame`` renders one event (the compat layers use their own names).
+
+    Live, it follows the job's feed: from the database while behind the feed's base, then from its
+    memory, everything there is in one write; a heartbeat while quiet; the end after a terminal
+    event, or when the feed closes (the server drains)."""
     yield b"retry: 1000\n\n"
-    with JobWatch(app, job_id, draining) as watch:
-        while not watch.stopping:
+    try:
+        if job.terminal:  # everything up to its terminal event is in: send what the client lacks
+            while True:
+                chunk, cursor, ended, full = await _page(app, job.id, cursor, frame)
+                if chunk:
+                    yield chunk
+                if ended or not full:
+                    return
+        loop = asyncio.get_running_loop()
+        beat_at = loop.time() + heartbeat
+        waiting: asyncio.Future[None] | None = None
+        timer: asyncio.TimerHandle | None = None
+
+        def beat() -> None:  # one timer per heartbeat period, not one per wait: re-armed only when due
+            nonlocal timer
+            timer = None
+            if waiting is not None and not waiting.done():
+                waiting.set_result(None)
+
+        with feeds.subscribe(job.id) as feed:
             try:
-                job = await uncancelled(app.core.jobs.get(job_id))  # first: a terminal job's events are all in
-                sent_any = False
-                while True:
-                    batch = await uncancelled(app.core.events.after(job_id, cursor, PAGE))
-                    for event in batch:
-                        yield frame(event)
-                        cursor, sent_any = event.id, True
-                        if event.type in TERMINAL_EVENTS:
+                while not feed.closed:
+                    if feed.ready and cursor < feed.base:  # behind the feed: from the database
+                        base = feed.base  # committed before this read, so a short page reaches it
+                        chunk, cursor, ended, full = await _page(app, job.id, cursor, frame)
+                        if chunk:
+                            yield chunk
+                            beat_at = loop.time() + heartbeat
+                        if ended:
                             return
-                    if len(batch) < PAGE:
-                        break
-            except (GenloomError, SQLAlchemyError, OSError) as exc:
-                log.warning("sse.read_failed", job_id=job_id, error=type(exc).__name__)
-                return  # the client reconnects with Last-Event-ID
-            if job.terminal:  # everything up to its terminal event is sent (or was, before a reconnect)
-                return
-            if sent_any:
-                beat_at = loop.time() + heartbeat
-            await watch.wait(min(POLL_SECONDS, beat_at - loop.time()))
-            if loop.time() >= beat_at:
-                yield b": ping\n\n"
-                beat_at = loop.time() + heartbeat
+                        if not full:
+                            cursor = max(cursor, base)  # nothing lies between (were ids ever purged)
+                        continue  # and look again: the feed may have moved during the read
+                    if feed.ready:
+                        chunk, cursor, ended = feed.since(cursor, frame)
+                        if chunk:
+                            yield chunk
+                            beat_at = loop.time() + heartbeat
+                        if ended or feed.finished(cursor):
+                            return
+                    if loop.time() >= beat_at:
+                        yield b": ping\n\n"
+                        beat_at = loop.time() + heartbeat
+                        continue
+                    waiting = feed.waiter()  # right after looking, no await between: no change is missed
+                    if timer is None:
+                        timer = loop.call_at(beat_at, beat)
+                    try:
+                        await waiting
+                    finally:
+                        feed.forget(waiting)
+            finally:
+                if timer is not None:
+                    timer.cancel()
+    except (GenloomError, SQLAlchemyError, OSError) as exc:
+        log.warning("sse.read_failed", job_id=job.id, error=type(exc).__name__)
+        return  # the client reconnects with Last-Event-ID
+
+
+async def _page(app: App, job_id: str, cursor: int, frame: Frame) -> tuple[bytes, int, bool, bool]:
+    """(frames of the next page from the database up to a terminal event, the new cursor, whether
+    a terminal event was among them, whether the page was full)."""
+    batch = await uncancelled(app.core.events.after(job_id, cursor, PAGE))
+    frames: list[bytes] = []
+    for event in batch:
+        frames.append(frame(event))
+        cursor = event.id
+        if event.type in TERMINAL_EVENTS:
+            return b"".join(frames), cursor, True, False
+    return b"".join(frames), cursor, False, len(batch) == PAGE
 
 
 SSE_DOC = {"content": {"text/event-stream": {"schema": {"type": "string"}}},
@@ -109,7 +158,7 @@ async def job_events(
     if "text/event-stream" in request.headers.get("accept", ""):
         cursor = resume_from(request.headers.get("last-event-id"), last_event_id)
         heartbeat = float(getattr(request.app.state, "sse_heartbeat", HEARTBEAT_SECONDS))
-        body = stream(app, job.id, cursor, heartbeat, getattr(request.app.state, "draining", None))
+        body = stream(app, fanout_of(request), job, cursor, heartbeat)
         return StreamingResponse(body, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     events = await app.core.events.after(job.id, after, limit)

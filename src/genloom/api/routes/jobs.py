@@ -13,6 +13,7 @@ from fastapi import APIRouter, BackgroundTasks, Depends, Header, Query, Request,
 from genloom.api import schemas
 from genloom.api.auth import Caller, caller, genloom, request_id
 from genloom.api.docs import errors
+from genloom.api.fanout import fanout_of
 from genloom.api.present import decode_cursor, encode_cursor, job_out, job_path
 from genloom.api.schemas import Text
 from genloom.api.waiting import until_terminal
@@ -91,7 +92,7 @@ async def create_job(
     if wait:
         response.headers["Preference-Applied"] = f"wait={wait}"
         if not job.terminal:
-            job = await until_terminal(app, job, wait, getattr(request.app.state, "draining", None))
+            job = await until_terminal(app, fanout_of(request), job, wait)
     response.status_code = 202 if wait and not job.terminal else 201 if created else 200
     response.headers["Location"] = job_path(job.id)
     return await present(app, job)
