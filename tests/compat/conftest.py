@@ -4,7 +4,17 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.api.conftest import ApiServer, Tenant, admin, fake_replicate, make_project, other, server, tenant  # noqa: F401 - fixtures, by name
+from tests.api.conftest import (  # noqa: F401 - fixtures, by name
+    ApiServer,
+    Tenant,
+    admin,
+    fake_replicate,
+    make_project,
+    other,
+    replicate_script,
+    server,
+    tenant,
+)
 
 
 @pytest.fixture

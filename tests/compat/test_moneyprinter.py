@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import av
 import pytest
 
+from genloom.testing import FakeReplicate
 from tests.api.conftest import Tenant
 
 SEEDS = Path(__file__).resolve().parents[3] / "shared" / "seeds" / "001_8ac970ef6fda100b.txt"
@@ -89,3 +91,17 @@ def test_bad_payload_is_a_clear_422(tenant: Tenant) -> None:
     r = tenant.http.post("/api/jobs", json={"paragraphNumber": 2})
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_input"
     assert "videoSubject" in r.json()["error"]["message"]
+
+
+def test_cancelling_a_parked_job_cancels_its_prediction(tenant: Tenant, fake_replicate: FakeReplicate,
+                                                        replicate_script: Callable[..., None]) -> None:
+    """Any job of the project may be cancelled here; one waiting on a provider stops its prediction too."""
+    replicate_script(outcome="hang")
+    job_id = tenant.create({"type": "static_ad", "input": {"name": "Mug", "description": "A mug"}})["id"]
+    parked = tenant.wait(job_id, until=lambda j: any(
+        e["type"] == "stage_completed" for e in tenant.http.get(j["events_url"]).json()["data"]))
+    ref = next(e["data"]["ref"] for e in tenant.http.get(parked["events_url"]).json()["data"]
+               if e["type"] == "stage_completed")
+    cancelled = tenant.http.post(f"/api/jobs/{job_id}/cancel").json()["job"]
+    assert cancelled["state"] == "cancelled"
+    assert ref in fake_replicate.cancels and fake_replicate.prediction(ref)["status"] == "canceled"

@@ -22,6 +22,7 @@ from genloom.app import App
 from genloom.jobs import JobSpec
 from genloom.lifecycle import Status
 from genloom.models import Job
+from genloom.pipelines.settle import cancel_job
 
 router = APIRouter(prefix="/api/jobs", tags=["moneyprinter"])
 #: MoneyPrinter has five states: waiting is "queued", and a job past its deadline has "failed".
@@ -78,7 +79,7 @@ async def get(job_id: str, request: Request, who: Caller = Depends(caller)) -> d
 @router.post("/{job_id}/cancel", summary="MoneyPrinter: cancel (cooperative for a running job)")
 async def cancel(job_id: str, request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
     app = genloom(request)
-    job = await app.core.jobs.cancel(checked_id(job_id), who.project.id, request_id=request_id(request))
+    job = await cancel_job(app.core, app.services, checked_id(job_id), who.project.id, request_id(request))
     return {"job": job_out(app, job)}
 
 
