@@ -10,11 +10,12 @@ import contextlib
 import secrets
 import shutil
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from genloom.clock import ms
-from genloom.errors import InvalidTransition, NotFound
+from genloom.errors import InvalidTransition, NotFound, Unavailable
 from genloom.ids import new_lease_token
 from genloom.lifecycle import EventType, Status
 from genloom.models import EventSpec, Job
@@ -26,6 +27,7 @@ from genloom.storage.base import output_key
 from genloom.store import statements as q
 from genloom.store.unit import unit
 
+T = TypeVar("T")
 log = get_logger("genloom.settle")
 _EXT = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "video/mp4": "mp4", "audio/wav": "wav",
         "audio/x-wav": "wav", "audio/mpeg": "mp3"}
@@ -94,35 +96,56 @@ async def _store_output(core: Core, services: Services, job: Job, pred: Predicti
     if held is None:  # settled meanwhile, or another settle is fetching the output now
         return await core.jobs.get(job.id), False
     if held.cancel_requested:  # the result is discarded: finish ends it cancelled
-        return await core.jobs.finish(job.id, lease_token=held.lease_token, values={}), True
+        return await _through_outage(core, held, lambda: core.jobs.finish(
+            job.id, lease_token=held.lease_token, values={})), True
     workdir = Path(core.settings.data_dir) / "work" / job.id / f"settle-{secrets.token_hex(4)}"
     keep = asyncio.create_task(_heartbeats(core, held))
     try:
-        workdir.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        if local_output is not None:
-            path, content_type = await local_output(pred, workdir / "output")
-        else:
-            assert url is not None
-            fetched = await services.fetcher.fetch_to_file(url, workdir / "output", allowed_types=OUTPUT_TYPES)
-            path, content_type = fetched.path, fetched.content_type
-        ext = _EXT.get(content_type, "bin")
-        stored = await services.storage.put_file(output_key(job.id, job.attempt, ext), path, content_type)
-    except BaseException:
-        keep.cancel()
-        await _let_go(core, held)  # parked again: the next callback or re-query tries once more
-        raise
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+            t0 = time.perf_counter()
+            if local_output is not None:
+                path, content_type = await local_output(pred, workdir / "output")
+            else:
+                assert url is not None
+                fetched = await services.fetcher.fetch_to_file(url, workdir / "output", allowed_types=OUTPUT_TYPES)
+                path, content_type = fetched.path, fetched.content_type
+            ext = _EXT.get(content_type, "bin")
+            stored = await services.storage.put_file(output_key(job.id, job.attempt, ext), path, content_type)
+        except BaseException:
+            keep.cancel()
+            await _let_go(core, held)  # parked again: the next callback or re-query tries once more
+            raise
+        finally:
+            await asyncio.to_thread(shutil.rmtree, workdir, True)
+        latency = int((time.perf_counter() - t0) * 1000)
+        result: dict[str, Any] = {"content_type": stored.content_type, "bytes": stored.size, "provider": job.provider}
+        event = EventSpec(EventType.STORAGE_WRITE_COMPLETED, stage="store", latency_ms=latency,
+                          data={"bytes": stored.size})
+        # the output is stored: finish through a database outage rather than leave the lease to
+        # run out (a rescue would spend an attempt and fetch it all again); heartbeats go on meanwhile
+        done = await _through_outage(core, held, lambda: core.jobs.finish(
+            job.id, lease_token=held.lease_token, events=[event], values={"result_key": stored.key, "result": result}))
     finally:
         keep.cancel()
-        await asyncio.to_thread(shutil.rmtree, workdir, True)
-    latency = int((time.perf_counter() - t0) * 1000)
-    result: dict[str, Any] = {"content_type": stored.content_type, "bytes": stored.size, "provider": job.provider}
-    event = EventSpec(EventType.STORAGE_WRITE_COMPLETED, stage="store", latency_ms=latency,
-                      data={"bytes": stored.size})
-    done = await core.jobs.finish(job.id, lease_token=held.lease_token, events=[event],
-                                  values={"result_key": stored.key, "result": result})
     log.info("job.settled", job_id=job.id, status=done.status.value, ref=pred.id)
     return done, True
+
+
+async def _through_outage(core: Core, held: Job, write: Callable[[], Awaitable[T]]) -> T:
+    """``write`` (fenced by the settle's lease, so repeating it is safe), retried with backoff while
+    the database is unavailable, for as long as the lease could still be ours: after that the
+    reconciler owns the job and the last Unavailable is raised."""
+    delay, give_up = 0.1, time.monotonic() + 2 * core.queue.lease_ms / 1000
+    while True:
+        try:
+            return await write()
+        except Unavailable:
+            if time.monotonic() + delay > give_up:
+                raise
+            log.warning("job.settle_waiting_for_database", job_id=held.id, retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 async def _take(core: Core, job_id: str, pred: Prediction) -> Job | None:
@@ -152,9 +175,13 @@ async def _heartbeats(core: Core, held: Job) -> None:
 async def _let_go(core: Core, held: Job) -> None:
     """Park the job again after a failed fetch (fenced: only while the lease is still ours)."""
     unleased = {"lease_owner": None, "lease_token": None, "lease_expires_at": None}
-    try:
+
+    async def release() -> None:
         async with unit(core.db, core.notifier) as u:
             await u.conn.execute(q.guarded_transition(held.id, [Status.RUNNING.value], unleased, held.lease_token))
+
+    try:
+        await _through_outage(core, held, release)
     except Exception as exc:  # the lease runs out instead, and the reconciler rescues the job
         log.warning("job.settle_release_failed", job_id=held.id, error=str(exc))
 
