@@ -134,6 +134,10 @@ class StageContext:
         reused = await self._live_prediction(provider_name, provider)
         if reused is not None:
             return reused
+        # A cancel may have come since the claim (the watcher reads only about once a second): a
+        # paid submission is worth one read to avoid.
+        if self.stop_flag.is_set() or (await self.queue.jobs.get(self.job.id)).cancel_requested:
+            raise JobCancelled()
         callback = None
         if webhook:
             callback = f"{self.services.settings.base_url}/v1/callbacks/{provider_name}/{self.job.id}"
