@@ -1,7 +1,8 @@
 """HTTP API: submit latency at a fixed request rate, and Server-Sent Events at scale, on SQLite and PostgreSQL.
 
     .venv/bin/python bench/api.py [--quick] [--db both|sqlite|postgresql] [--rate 200] [--seconds 10]
-                                  [--sse 5000] [--fanout 1000] [--pg-url URL]
+                                  [--sse 5000] [--fanout 1000] [--beat-streams 5000] [--beat 1]
+                                  [--churn 20000] [--pg-url URL]
 
 Every server is one real API process (genloom's app under uvicorn, bench/_apiserver.py) on a fresh
 database; the clients run in this process on the same machine.
@@ -20,14 +21,21 @@ work per event exactly as a worker writes, answering the wall-clock time its COM
 
 * latency from an event's commit to its arrival at each client (same clock, raw-socket clients that
   note the time in ``data_received``): one connection (the baseline); ``--fanout`` connections all on
-  one job's stream (one event reaches every client); ``--fanout`` connections on as many jobs, one
-  each, events written at 50/s to random jobs. Target: p99 < 50 ms at 1,000 connections.
+  one job's stream (one event reaches every client), each event written once every client has the
+  last, then open-loop at 20/s; ``--fanout`` connections on as many jobs, one each, events written
+  at 50/s to random jobs. Target: p99 < 50 ms at 1,000 connections.
 * memory: ``--sse`` streams held open on one server process (5 per job), server RSS delta / N
   (VmRSS from /proc), against the same number of bare TCP connections on another server process
   (what uvicorn costs per connection before any request); the server's CPU while the streams are
   idle; and spread latency at that size.
+* heartbeats: ``--beat-streams`` idle streams (5 per job) on a server whose heartbeat is ``--beat``
+  seconds: pings per stream over 5 s, the server's CPU, and its feed/subscriber gauges.
+* churn: ``--churn`` connect/close cycles, 100 at a time, over a job with one long-lived stream, a
+  job nobody else follows (a feed made and dropped per cycle) and a finished job; afterwards the
+  server's RSS, event-loop task count and feed/subscriber gauges against a warmed-up baseline.
 
---quick: 2 s of submits per row, ``serve`` rows only, 200 fan-out/spread connections, 1,000 held.
+--quick: 2 s of submits per row, ``serve`` rows only, 200 fan-out/spread connections, 1,000 held,
+1,000 heartbeat streams, 2,000 churn cycles.
 """
 
 from __future__ import annotations
@@ -60,12 +68,15 @@ from typing import Any  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 
+import httpx  # noqa: E402
+
 from bench._common import PgDatabases, SqliteFiles, pg_server_url, table  # noqa: E402
 from bench._procs import ADMIN_TOKEN, ApiProcess, base_env, cpu_seconds, raise_nofile, rss_kib  # noqa: E402
 
 TARGET_P99_MS = 50.0
 CAPACITY_CLIENTS = 16
 SEQ = re.compile(rb'"seq":(\d+)[,}]')
+PING = b": ping\n"
 
 
 def pct(values: Sequence[float], p: float) -> float:
@@ -119,9 +130,9 @@ async def make_project(db_url: str, *, billing: bool) -> tuple[str, str]:
     return keys.project.id, keys.secret_key
 
 
-def start_server(db_url: str, root: Path, name: str, *, background: bool) -> ApiProcess:
+def start_server(db_url: str, root: Path, name: str, *, background: bool, heartbeat: float = 15.0) -> ApiProcess:
     env = base_env(db_url, root / "data")
-    return ApiProcess(env, root / f"{name}.log", background=background).wait_ready()
+    return ApiProcess(env, root / f"{name}.log", background=background, heartbeat=heartbeat).wait_ready()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,6 +364,7 @@ class SseConn(asyncio.Protocol):
         self.head = b""
         self.tail = b""
         self.seen: set[int] = set()
+        self.pings = 0
 
     @property
     def live(self) -> bool:
@@ -383,6 +395,7 @@ class SseConn(asyncio.Protocol):
                 return
             if b"retry:" in self.head:
                 self._settle("streaming")
+        self.pings += (self.tail[-(len(PING) - 1):] + data).count(PING)
         buf = self.tail + data
         for m in SEQ.finditer(buf):
             seq = int(m.group(1))
@@ -584,14 +597,17 @@ async def create_jobs(server: ApiProcess, key: str, n: int) -> list[str]:
     return ids
 
 
-async def sse_bench(db_url: str, root: Path, dialect: str, *, fan: int, hold: int, quick: bool, open_within: float
-                    ) -> tuple[list[list[object]], list[list[object]], list[str]]:
+async def sse_bench(db_url: str, root: Path, dialect: str, *, fan: int, hold: int, quick: bool, open_within: float,
+                    beat_n: int, beat: float, cycles: int
+                    ) -> tuple[list[list[object]], list[list[object]], list[str], list[list[object]]]:
     rng = random.Random(7)
     notes: list[str] = []
     lat_rows: list[list[object]] = []
     mem_rows: list[list[object]] = []
+    extra_rows: list[list[object]] = []
+    window = 5.0  # seconds of heartbeats counted
     _, key = await make_project(db_url, billing=False)
-    n_jobs = max(fan, 1 + hold // 5)
+    n_jobs = max(fan, 1 + hold // 5, 1 + beat_n // 5, 3)
 
     # -- latency ------------------------------------------------------------------------------
     server = start_server(db_url, root, f"sse-latency-{dialect}", background=False)
@@ -603,13 +619,17 @@ async def sse_bench(db_url: str, root: Path, dialect: str, *, fan: int, hold: in
             await emitter.emit(jobs[0], emitter.next())
         base = await fanout(streams, emitter, jobs[0], 1, 30 if quick else 60, rng, "1 stream (baseline)")
         fan_lat = await fanout(streams, emitter, jobs[1], fan, 15 if quick else 30, rng, f"{fan} streams, one job")
+        await streams.open([jobs[2]] * fan)
+        fan20 = await spread(streams, emitter, [jobs[2]], 20, 5 if quick else 10, rng,
+                             f"{fan} streams, one job, 20 ev/s", already_open=True)
+        await streams.close_all()
         spread_lat = await spread(streams, emitter, jobs[:fan], 50, 3 if quick else 6, rng,
                                   f"{fan} streams on {fan} jobs, 50 ev/s")
         emitter.http.close()
-        for lat in (base, fan_lat, spread_lat):
+        for lat in (base, fan_lat, fan20, spread_lat):
             lat_rows.append(lat.row(dialect))
         b99 = pct(base.samples, 99)
-        for lat in (fan_lat, spread_lat):
+        for lat in (fan_lat, fan20, spread_lat):
             p99 = pct(lat.samples, 99)
             verdict = "meets" if p99 * 1000 < TARGET_P99_MS else "misses"
             notes.append(f"{dialect}: {lat.name}: p99 {fmt_ms(p99)} ms = {p99 / b99:.1f}x the 1-stream p99; "
@@ -669,11 +689,97 @@ async def sse_bench(db_url: str, root: Path, dialect: str, *, fan: int, hold: in
         await streams.close_all()
     finally:
         server.stop()
-    return lat_rows, mem_rows, notes
+
+    # -- heartbeats: idle streams at a short heartbeat (5 per job, one reader per job) --------------
+    server = start_server(db_url, root, f"sse-beat-{dialect}", background=False, heartbeat=beat)
+    try:
+        hub = Hub()
+        streams = Streams(server, key, hub)
+        opened = await streams.open([jobs[i // 5] for i in range(beat_n)], within=open_within)
+        await asyncio.sleep(1.0)
+        pings0 = {id(c): c.pings for c in streams.conns}
+        cpu0, w0 = cpu_seconds(server.pid), time.monotonic()
+        await asyncio.sleep(window)
+        cpu = (cpu_seconds(server.pid) - cpu0) / (time.monotonic() - w0)
+        beats = sorted(c.pings - pings0[id(c)] for c in streams.conns if c.live)
+        g = await gauges(server)
+        extra_rows.append([dialect, f"idle streams, heartbeat {beat:g} s", beat_n, len(beats),
+                           f"{opened.seconds:.1f}" + (" (gave up)" if opened.gave_up else ""),
+                           f"{min(beats, default=0)}/{pct(beats, 50):g} in {window:g} s", f"{cpu * 100:.0f}%",
+                           f"{g.get('genloom_sse_feeds', 0):g}/{g.get('genloom_sse_subscribers', 0):g}",
+                           f"{hub.ended}/{sum(hub.refused.values())}", "-"])
+        await streams.close_all()
+    finally:
+        server.stop()
+
+    # -- churn: connect/close cycles; what is left afterwards ---------------------------------------
+    server = start_server(db_url, root, f"sse-churn-{dialect}", background=False)
+    try:
+        done = (await create_jobs(server, key, 1))[0]
+        http = RawHttp(server.port, {"Authorization": f"Bearer {key}"})
+        status, body = await http.request("POST", f"/v1/jobs/{done}/cancel")
+        assert status == 202, body
+        http.close()
+        hub = Hub()
+        keep = Streams(server, key, hub)
+        await keep.open([jobs[0]])  # one stream stays open throughout: the churn joins its feed
+        targets = [jobs[0], jobs[1], done]  # a shared feed, a feed made and dropped each time, a finished job
+        await churn(server, key, targets, max(500, cycles // 10), hub)  # warm-up
+        await asyncio.sleep(1.0)
+        g0, rss0 = await gauges(server), rss_kib(server.pid)
+        seconds = await churn(server, key, targets, cycles, hub)
+        await asyncio.sleep(1.0)
+        g1, rss1 = await gauges(server), rss_kib(server.pid)
+        alive = keep.live()
+        await keep.close_all()
+        extra_rows.append([dialect, "connect/close cycles, 100 at a time", cycles, f"{cycles / seconds:.0f}/s",
+                           f"{seconds:.1f}", f"RSS {rss0 // 1024} -> {rss1 // 1024} MiB ({(rss1 - rss0) / 1024:+.1f})",
+                           f"tasks {g0.get('genloom_event_loop_tasks', 0):g} -> "
+                           f"{g1.get('genloom_event_loop_tasks', 0):g}",
+                           f"{g1.get('genloom_sse_feeds', 0):g}/{g1.get('genloom_sse_subscribers', 0):g}",
+                           f"-/{sum(hub.refused.values())}", "kept" if alive else "LOST"])
+    finally:
+        server.stop()
+    return lat_rows, mem_rows, notes, extra_rows
+
+
+async def gauges(server: ApiProcess) -> dict[str, float]:
+    """The server's SSE gauges (feeds, subscribers, events held) and its event loop's task count."""
+    r = await asyncio.to_thread(httpx.get, f"{server.url}/metrics", timeout=30, trust_env=False)
+    return {m.group(1): float(m.group(2))
+            for m in re.finditer(r"^(genloom_(?:sse_\w+|event_loop_tasks)) (\S+)$", r.text, re.MULTILINE)}
+
+
+async def churn(server: ApiProcess, key: str, job_ids: Sequence[str], cycles: int, hub: Hub,
+                concurrency: int = 100) -> float:
+    """``cycles`` streams opened and closed, ``concurrency`` at a time, round-robin over ``job_ids``:
+    three in four once the stream has started, one in four before any answer. The seconds taken."""
+    loop = asyncio.get_running_loop()
+    streams = Streams(server, key, hub)
+    todo = iter(range(cycles))
+
+    async def one_by_one() -> None:
+        for i in todo:
+            job = job_ids[i % len(job_ids)]
+            conn = SseConn(hub, job, streams.request(job))
+            try:
+                await loop.create_connection(lambda c=conn: c, "127.0.0.1", server.port)
+            except OSError as exc:
+                hub.refused[type(exc).__name__] += 1
+                continue
+            if i % 4:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(conn.ready), 10)
+            conn.close()
+
+    t0 = loop.time()
+    await asyncio.gather(*(one_by_one() for _ in range(concurrency)))
+    return loop.time() - t0
 
 
 def print_tables(args: argparse.Namespace, seconds: float, submit_rows: list[list[object]],
-                 lat_rows: list[list[object]], mem_rows: list[list[object]], notes: list[str]) -> None:
+                 lat_rows: list[list[object]], mem_rows: list[list[object]], notes: list[str],
+                 extra_rows: list[list[object]]) -> None:
     if submit_rows:
         print_submit(args, seconds, submit_rows)
     if lat_rows:
@@ -688,6 +794,11 @@ def print_tables(args: argparse.Namespace, seconds: float, submit_rows: list[lis
         print("SSE memory: server RSS (VmRSS) before and after opening N connections; KiB/conn = delta / open")
         print(table(mem_rows, ["db", "connections", "N", "open", "RSS0 MiB", "RSS1 MiB", "KiB/conn", "open s",
                                "idle CPU", "ended/refused", "vs bare"]))
+    if extra_rows:
+        print()
+        print("SSE heartbeats while idle, and connect/close churn (feeds/subs: the server's gauges afterwards)")
+        print(table(extra_rows, ["db", "scenario", "N", "open / rate", "s", "pings min/median | RSS",
+                                 "idle CPU | tasks", "feeds/subs", "ended/refused", "long stream"]))
     sys.stdout.flush()
 
 
@@ -722,6 +833,9 @@ async def amain(args: argparse.Namespace) -> None:
     lat_rows: list[list[object]] = []
     mem_rows: list[list[object]] = []
     notes: list[str] = []
+    extra_rows: list[list[object]] = []
+    beat_n = args.beat_streams if args.beat_streams is not None else (1000 if args.quick else 5000)
+    cycles = args.churn if args.churn is not None else (2000 if args.quick else 20000)
     print(f"cpus: {os.cpu_count()}, open files: {nofile}, python {sys.version.split()[0]}, logs in {root}", flush=True)
     if databases.pg is not None:
         print(f"postgresql: {databases.pg_origin}", flush=True)
@@ -740,16 +854,17 @@ async def amain(args: argparse.Namespace) -> None:
             print(f"[{dialect}] SSE: latency at {fan}, {hold} held ...", flush=True)
             try:
                 url = databases.fresh(dialect, "sse")
-                a, b, c = await sse_bench(url, root, dialect, fan=fan, hold=hold, quick=args.quick,
-                                          open_within=args.open_within)
-                lat_rows, mem_rows, notes = lat_rows + a, mem_rows + b, notes + c
+                a, b, c, d = await sse_bench(url, root, dialect, fan=fan, hold=hold, quick=args.quick,
+                                             open_within=args.open_within, beat_n=beat_n, beat=args.beat,
+                                             cycles=cycles)
+                lat_rows, mem_rows, notes, extra_rows = lat_rows + a, mem_rows + b, notes + c, extra_rows + d
             except Exception as exc:
                 notes.append(f"{dialect}: SSE run failed: {type(exc).__name__}: {exc}")
             if dialect != dbs[-1]:
-                print_tables(args, seconds, submit_rows, lat_rows, mem_rows, notes)  # so far, in case
+                print_tables(args, seconds, submit_rows, lat_rows, mem_rows, notes, extra_rows)  # so far
     finally:
         databases.cleanup()
-    print_tables(args, seconds, submit_rows, lat_rows, mem_rows, notes)
+    print_tables(args, seconds, submit_rows, lat_rows, mem_rows, notes, extra_rows)
     if not args.keep_logs:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -763,6 +878,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=None)
     parser.add_argument("--sse", type=int, default=None, help="SSE connections held (default 5000; quick 1000)")
     parser.add_argument("--fanout", type=int, default=None, help="connections for the latency runs (default 1000)")
+    parser.add_argument("--beat-streams", type=int, default=None,
+                        help="idle streams whose heartbeats are counted (default 5000; quick 1000)")
+    parser.add_argument("--beat", type=float, default=1.0, help="the heartbeat for that run, seconds (default 1)")
+    parser.add_argument("--churn", type=int, default=None,
+                        help="SSE connect/close cycles (default 20000; quick 2000)")
     parser.add_argument("--open-within", type=float, default=120.0,
                         help="stop opening held connections after this many seconds (default 120)")
     parser.add_argument("--pg-url", default=None)
