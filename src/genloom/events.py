@@ -64,6 +64,12 @@ class EventLog:
             rows = (await conn.execute(q.events_after(job_id, after, limit))).mappings().all()
         return [Event.from_row(r) for r in rows]
 
+    async def latest_ids(self, job_ids: Sequence[str]) -> dict[str, int]:
+        """Each job's latest event id (jobs without events left out): what a follower is behind on."""
+        async with self.db.read() as conn:
+            rows = await conn.execute(q.latest_event_ids(job_ids))
+        return {str(job_id): int(last) for job_id, last in rows}
+
     async def feed(
         self, project_id: str | None, after: FeedPosition = (0, 0), limit: int = 1000,
     ) -> tuple[list[Event], FeedPosition]:

@@ -19,7 +19,7 @@ _WHAT = {
     416: "The requested range lies outside the file (range_not_satisfiable)",
     422: "The request is not valid (invalid_input, idempotency_key_reused, unknown_type, unsafe_url, …)",
     429: "Too many requests for this key (rate_limited); see Retry-After",
-    503: "The database is unreachable (unavailable); see Retry-After",
+    503: "The database is unreachable (unavailable) or the server is busy (busy); see Retry-After",
 }
 
 #: What any project-key route may answer besides its own statuses.

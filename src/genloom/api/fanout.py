@@ -21,19 +21,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from bisect import bisect_right
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 from prometheus_client import Gauge
-from sqlalchemy import Select, func, select
 from starlette.requests import Request
 
 from genloom.lifecycle import TERMINAL_EVENTS, EventType
 from genloom.models import Event
 from genloom.observability import Metrics, get_logger
 from genloom.runtime import Core
-from genloom.store import statements as q
-from genloom.store.schema import job_events
 
 Frame = Callable[[Event], bytes]
 
@@ -149,9 +146,7 @@ class JobFeed:
         if len(first) < START_PAGE:
             base, tail = 0, first
         else:  # a long history: hold from the latest event on, older readers go to the database
-            async with self.core.db.read() as conn:
-                latest = int((await conn.execute(q.last_event_id(self.job_id))).scalar() or 0)
-            base = latest - 1
+            base = (await self.core.events.latest_ids([self.job_id])).get(self.job_id, 0) - 1
             tail = await self.core.events.after(self.job_id, base, PAGE)
         if self.closed:
             return
@@ -286,10 +281,8 @@ class Fanout:
 
     async def _latest(self, job_ids: list[str]) -> dict[str, int]:
         out: dict[str, int] = {}
-        async with self.core.db.read() as conn:
-            for i in range(0, len(job_ids), POLL_CHUNK):
-                rows = await conn.execute(latest_event_ids(job_ids[i:i + POLL_CHUNK]))
-                out.update((str(job_id), int(last)) for job_id, last in rows)
+        for i in range(0, len(job_ids), POLL_CHUNK):
+            out.update(await self.core.events.latest_ids(job_ids[i:i + POLL_CHUNK]))
         return out
 
     async def close(self, grace: float = 2.0) -> None:
@@ -312,13 +305,6 @@ class Fanout:
         """Close once the server starts draining (the lifespan runs this as a task)."""
         await draining.wait()
         await self.close()
-
-
-def latest_event_ids(job_ids: Sequence[str]) -> Select[Any]:
-    """Each job's latest event id (jobs without events left out); an index range end per job.
-    (A read of the event log for the poll above; it belongs with the others in store/statements.py.)"""
-    return (select(job_events.c.job_id, func.max(job_events.c.id))
-            .where(job_events.c.job_id.in_(job_ids)).group_by(job_events.c.job_id))
 
 
 def fanout_gauges(fanout: Fanout, metrics: Metrics) -> None:

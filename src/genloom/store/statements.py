@@ -374,8 +374,10 @@ def feed_head(project_id: str, postgres: bool) -> Select[Any]:
     return select(zero, func.max(job_events.c.id)).where(job_events.c.project_id == project_id)
 
 
-def last_event_id(job_id: str) -> Select[Any]:
-    return select(func.max(job_events.c.id)).where(job_events.c.job_id == job_id)
+def latest_event_ids(job_ids: Sequence[str]) -> Select[Any]:
+    """Each job's latest event id (jobs without events left out): an index range end per job."""
+    return (select(job_events.c.job_id, func.max(job_events.c.id))
+            .where(job_events.c.job_id.in_(job_ids)).group_by(job_events.c.job_id))
 
 
 # --- credits ----------------------------------------------------------------------------------
