@@ -83,13 +83,22 @@ class Worker:
             log.info("worker.stopped", worker=self.id)
 
     async def _claim(self, limit: int) -> list[Job]:
+        started: set[str] = set()  # kept only if the claim commits
+
+        def first_stage(job: Job) -> FirstStage | None:
+            stage = self._first_stage(job)
+            if stage is not None:
+                started.add(job.id)
+            return stage
+
         try:
-            jobs = await self.core.queue.claim(self.id, self.types, limit, first_stage=self._first_stage)
+            jobs = await self.core.queue.claim(self.id, self.types, limit, first_stage=first_stage)
         except Exception as exc:  # the database is down: back off, keep the process alive
             log.warning("worker.claim_failed", worker=self.id, error=str(exc))
             # woken early when the notifier's LISTEN connection is back (PostgreSQL)
             await self.core.notifier.wait_for_jobs(self.core.settings.poll_seconds)
             return []
+        self._started_by_claim |= started
         for job in jobs:
             ctx = self._context(job)
             task = asyncio.create_task(self._execute(ctx), name=f"job-{job.id}")
@@ -108,7 +117,6 @@ class Worker:
         if not plan:
             return None
         stage = plan[0]
-        self._started_by_claim.add(job.id)
         return FirstStage(stage.name, EventSpec(_START[stage.kind], stage=stage.name) if stage.kind in _START else None)
 
     async def _next_due_in(self) -> float | None:
