@@ -6,6 +6,7 @@ import typer
 
 from genloom.cli import demo as demo_mod
 from genloom.cli import jobs, ops
+from genloom.observability import configure_logging
 
 app = typer.Typer(
     name="genloom",
@@ -15,6 +16,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+@app.callback()
+def _quiet_logs() -> None:
+    """Every command logs warnings and worse to stderr, so stdout is only its output (``--json``
+    stays parseable); serve, worker and demo set their own level."""
+    configure_logging("warning", json=False)
+
+
 app.command()(demo_mod.demo)
 app.command()(ops.serve)
 app.command()(ops.worker)
