@@ -191,4 +191,4 @@ def fsync_floor(directory: str | None = None, rounds: int = 50) -> tuple[float, 
 def without_fsync_wait(url: str) -> str:
     """The same database with commits that do not wait for the WAL flush (synchronous_commit=off
     for these sessions only): what the software costs, apart from the disk."""
-    return str(make_url(url).update_query_dict({"options": "-c synchronous_commit=off"}))
+    return str(make_url(url).update_query_dict({"options": "-csynchronous_commit=off"}))
