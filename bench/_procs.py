@@ -84,6 +84,7 @@ class ApiProcess(Proc):
         self.url = f"http://127.0.0.1:{self.port}"
         env = env | {"GENLOOM_HOST": "127.0.0.1", "GENLOOM_PORT": str(self.port)}
         env.setdefault("GENLOOM_PUBLIC_URL", self.url)
+        self.metrics_token = env.setdefault("GENLOOM_METRICS_TOKEN", f"bench_metrics_{self.port}")
         sock.set_inheritable(True)
         args = [sys.executable, "-m", "bench._apiserver", str(sock.fileno()), "1" if background else "0",
                 str(heartbeat)]

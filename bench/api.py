@@ -745,7 +745,8 @@ async def sse_bench(db_url: str, root: Path, dialect: str, *, fan: int, hold: in
 
 async def gauges(server: ApiProcess) -> dict[str, float]:
     """The server's SSE gauges (feeds, subscribers, events held) and its event loop's task count."""
-    r = await asyncio.to_thread(httpx.get, f"{server.url}/metrics", timeout=30, trust_env=False)
+    r = await asyncio.to_thread(httpx.get, f"{server.url}/metrics", timeout=30, trust_env=False,
+                                headers={"Authorization": f"Bearer {server.metrics_token}"})
     return {m.group(1): float(m.group(2))
             for m in re.finditer(r"^(genloom_(?:sse_\w+|event_loop_tasks)) (\S+)$", r.text, re.MULTILINE)}
 

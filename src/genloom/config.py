@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     port: int = 8080
     public_url: str = ""  # how providers reach our callback route; default http://host:port
     admin_token: SecretStr = SecretStr("")
+    metrics_token: SecretStr = SecretStr("")  # for a Prometheus scraper: /metrics only
     max_body_bytes: int = 10 * 1024 * 1024
     max_upload_bytes: int = 25 * 1024 * 1024
     rate_limit_per_minute: int = 600

@@ -34,6 +34,7 @@ from tests.dbs import PgTemplates, SqliteTemplate
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN = "adm_test_token_0123456789"
+METRICS_TOKEN = "metrics_test_token_0123456789"
 MAX_BODY = 256 * 1024
 MAX_UPLOAD = 200 * 1024
 HEARTBEAT = 0.3
@@ -61,6 +62,7 @@ class ApiServer:
             "GENLOOM_DATABASE_URL": db_url, "GENLOOM_DATA_DIR": str(data_dir), "GENLOOM_HOST": "127.0.0.1",
             "GENLOOM_PORT": str(self.port), "GENLOOM_CONFIG": str(data_dir / "absent.toml"),
             "GENLOOM_LOG_LEVEL": "info", "GENLOOM_POLL_SECONDS": "0.2", "GENLOOM_SHUTDOWN_GRACE_SECONDS": "2",
+            "GENLOOM_METRICS_TOKEN": METRICS_TOKEN,
             "PYTHONPATH": str(ROOT / "src") + os.pathsep + str(ROOT),
         } | (env or {})
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -107,6 +109,11 @@ class ApiServer:
 
     def admin(self) -> httpx.Client:
         return self.client(ADMIN_TOKEN)
+
+    def metrics(self) -> httpx.Response:
+        """/metrics, as a Prometheus scraper asks for it (with the metrics token)."""
+        with self.client(METRICS_TOKEN) as http:
+            return http.get("/metrics")
 
 
 def run(coro_fn: Callable[[], Any]) -> Any:

@@ -7,6 +7,18 @@ import httpx
 from tests.api.conftest import ApiServer, Tenant, error_of, motion
 
 
+def test_metrics_take_the_metrics_or_admin_token(tenant: Tenant) -> None:
+    with tenant.server.client() as anonymous:
+        refused = anonymous.get("/metrics")
+    assert refused.status_code == 401 and error_of(refused)["code"] == "unauthorized"
+    assert tenant.http.get("/metrics").status_code == 401  # a project key reads only its own project
+    with tenant.server.client("metrics_wrong_token") as wrong:
+        assert wrong.get("/metrics").status_code == 401
+    assert tenant.server.metrics().status_code == 200
+    with tenant.server.admin() as admin:
+        assert admin.get("/metrics").status_code == 200
+
+
 def test_healthz_and_readyz(server: ApiServer) -> None:
     with server.client() as http:
         assert http.get("/healthz").json() == {"status": "ok"}
@@ -19,8 +31,7 @@ def test_metrics_count_jobs_at_scrape_time(tenant: Tenant) -> None:
     job = tenant.create(motion())
     tenant.wait(job["id"])
     tenant.create({"type": "copy", "input": {"name": "Mug"}})
-    with tenant.server.client() as http:
-        r = http.get("/metrics")
+    r = tenant.server.metrics()
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/plain")
     text = r.text

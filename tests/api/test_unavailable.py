@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from genloom.store.migrate import head
-from tests.api.conftest import ApiServer, error_of, make_project, motion
+from tests.api.conftest import METRICS_TOKEN, ApiServer, error_of, make_project, motion
 from tests.dbs import PgTemplates, pg_admin
 
 
@@ -33,7 +33,8 @@ def test_database_gone_is_503(own_db: str, request: pytest.FixtureRequest, spawn
             ("POST", "/v1/jobs", motion()), ("GET", f"/v1/jobs/{job['id']}/events", None),
             ("GET", "/v1/credits", None), ("GET", "/readyz", None), ("GET", "/metrics", None),
         ]:
-            r = http.request(method, path, json=body)
+            token = {"Authorization": f"Bearer {METRICS_TOKEN}"} if path == "/metrics" else {}
+            r = http.request(method, path, json=body, headers=token)
             assert r.status_code == 503, (path, r.status_code, r.text)
             assert error_of(r)["code"] == "unavailable"
             assert int(r.headers["retry-after"]) > 0

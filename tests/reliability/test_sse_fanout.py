@@ -153,8 +153,8 @@ async def emit(core: Core, job_id: str, seq: int) -> float:
     return time.time()
 
 
-def gauges(http: httpx.Client) -> dict[str, float]:
-    text = http.get("/metrics").text
+def gauges(srv: ApiServer) -> dict[str, float]:
+    text = srv.metrics().text
     return {m.group(1): float(m.group(2))
             for m in re.finditer(r"^(genloom_(?:sse_\w+|event_loop_tasks)) (\S+)$", text, re.MULTILINE)}
 
@@ -185,7 +185,7 @@ def test_200_streams_on_one_job_get_every_event_in_order(db: str, serve: Callabl
             job = create_jobs(http, 1)[0]
             streams = await open_streams(srv, keys.secret_key, [job] * streams_n)
             await asyncio.wait_for(asyncio.gather(*(s.first for s in streams)), 10)  # the queued event
-            held = await asyncio.to_thread(gauges, http)
+            held = await asyncio.to_thread(gauges, srv)
             committed: dict[int, float] = {}
             cpu0, t0 = cpu_seconds(srv.proc.pid), time.monotonic()
             async with writer(db, tmp_path) as core:
@@ -238,7 +238,7 @@ def test_1000_idle_streams_keep_their_heartbeats(db: str, serve: Callable[..., A
             await asyncio.sleep(quiet)
             cpu = (cpu_seconds(srv.proc.pid) - cpu0) / (time.monotonic() - t0)
             beats = [s.pings - b for s, b in zip(streams, before, strict=True)]
-            held = await asyncio.to_thread(gauges, http)
+            held = await asyncio.to_thread(gauges, srv)
             per_stream = (rss_mb(srv.proc.pid) - rss0) * 1024 / streams_n
             assert all(not s.ended.done() for s in streams)
             for s in streams:
@@ -281,12 +281,12 @@ def test_connect_close_cycles_leave_nothing_behind(db: str, serve: Callable[...,
             targets = [shared, own, done]  # a joined feed, a feed made and dropped each time, a terminal job
             await churn(targets, 500)  # warm-up: pools, caches, the allocator's arenas
             await asyncio.sleep(1.0)
-            g0, rss0 = await asyncio.to_thread(gauges, http), rss_mb(srv.proc.pid)
+            g0, rss0 = await asyncio.to_thread(gauges, srv), rss_mb(srv.proc.pid)
             t0 = time.monotonic()
             await churn(targets, cycles)
             seconds = time.monotonic() - t0
             await asyncio.sleep(1.0)  # the server notices the last disconnects
-            g1, rss1 = await asyncio.to_thread(gauges, http), rss_mb(srv.proc.pid)
+            g1, rss1 = await asyncio.to_thread(gauges, srv), rss_mb(srv.proc.pid)
             alive = not keep.ended.done()
             keep.close()
             return {"g0": g0, "g1": g1, "rss0": rss0, "rss1": rss1, "seconds": seconds, "alive": alive}

@@ -160,3 +160,18 @@ async def admin(request: Request, creds: HTTPAuthorizationCredentials | None = D
         await app.core.projects.authenticate(creds.credentials)  # 401 unless a valid project key
         raise Forbidden("a project key cannot use the admin API")
     raise Unauthorized("the admin token is not valid")
+
+
+async def metrics_reader(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(admin_token)) -> None:
+    """/metrics counts every project's jobs: it takes the metrics token (a scraper's, nothing
+    else) or the admin token, compared in constant time; without one it is open in local mode only."""
+    app = genloom(request)
+    tokens = [t.get_secret_value() for t in (app.settings.metrics_token, app.settings.admin_token)]
+    if creds is not None:
+        given = creds.credentials.encode()
+        if any(t and hmac.compare_digest(given, t.encode()) for t in tokens):
+            return
+        raise Unauthorized("the metrics token is not valid")
+    if await local_mode(app):
+        return
+    raise Unauthorized("metrics need GENLOOM_METRICS_TOKEN or the admin token (Authorization: Bearer <token>)")

@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from genloom.api import schemas
-from genloom.api.auth import genloom
+from genloom.api.auth import genloom, metrics_reader
 from genloom.api.docs import errors
 from genloom.api.errors import unavailable
 from genloom.app import App
@@ -69,9 +69,11 @@ async def refresh_gauges(app: App) -> None:
 
 @router.get(
     "/metrics", response_class=Response, summary="Prometheus metrics",
-    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, **_ERRORS_503},
+    description="Every project's job counts: send `Authorization: Bearer` with the metrics token "
+    "(GENLOOM_METRICS_TOKEN) or the admin token; open without one in local mode only.",
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, 401: errors()[401], **_ERRORS_503},
 )
-async def metrics(request: Request) -> Response:
+async def metrics(request: Request, _: None = Depends(metrics_reader)) -> Response:
     app = genloom(request)
     await refresh_gauges(app)
     return Response(generate_latest(app.core.metrics.registry), media_type=CONTENT_TYPE_LATEST)
