@@ -47,10 +47,15 @@ def event_rows(
 FeedPosition = tuple[int, int]
 
 
-async def append(conn: AsyncConnection, postgres: bool, rows: Sequence[dict[str, Any]]) -> None:
-    """One multi-row insert for all of a write's events (stamped with the transaction on PostgreSQL)."""
+async def append(
+    conn: AsyncConnection, postgres: bool, rows: Sequence[dict[str, Any]], *, jobs_ready: bool = False,
+) -> None:
+    """One multi-row insert for all of a write's events; on PostgreSQL it also stamps the
+    transaction and sends the events' NOTIFYs (and the claimers' one, when ``jobs_ready``)."""
     if rows:
-        await conn.execute(q.insert_events(postgres), list(rows))
+        result = await conn.execute(q.insert_events(postgres, jobs_ready), list(rows))
+        if postgres:
+            result.all()  # the NOTIFYs are the RETURNING clause: let it run to the end
 
 
 class EventLog:

@@ -328,10 +328,17 @@ _OLDEST_OPEN_TX: ColumnElement[int] = literal_column("pg_snapshot_xmin(pg_curren
 
 
 @functools.cache
-def insert_events(postgres: bool) -> Insert:
-    """Events stamped, on PostgreSQL, with their transaction's id (for ``feed_after``)."""
+def insert_events(postgres: bool, jobs_ready: bool = False) -> Insert:
+    """Events stamped, on PostgreSQL, with their transaction's id (for ``feed_after``), and their
+    wake-ups sent by the same statement: a NOTIFY per row with its job id (PostgreSQL folds
+    repeats within a transaction) and, for a write that made jobs runnable, one to claimers."""
     stmt = insert(job_events)
-    return stmt.values(tx=_CURRENT_TX) if postgres else stmt
+    if not postgres:
+        return stmt
+    wakes = [func.pg_notify(EVENTS_CHANNEL, job_events.c.job_id)]
+    if jobs_ready:
+        wakes.append(func.pg_notify(JOBS_CHANNEL, literal_column("''")))
+    return stmt.values(tx=_CURRENT_TX).returning(*wakes)
 
 
 def events_after(job_id: str, after: int, limit: int) -> Select[Any]:

@@ -31,6 +31,8 @@ class Unit:
     after_commit: list[Callable[[], None]] = field(default_factory=list)
     _events: list[dict[str, Any]] = field(default_factory=list)
     _triggers: list[outbox.Trigger] = field(default_factory=list)
+    _notified_jobs: bool = False  # wake-ups the event insert already sent
+    _notified_events: set[str] = field(default_factory=set)
 
     def add_events(
         self, job: Mapping[Any, Any], specs: Sequence[EventSpec], now: int, request_id: str | None = None,
@@ -49,7 +51,10 @@ class Unit:
         """Insert the queued events and, in the same transaction, the webhook deliveries they cause."""
         rows, self._events = self._events, []
         triggers, self._triggers = self._triggers, []
-        await events.append(self.conn, self.postgres, rows)
+        await events.append(self.conn, self.postgres, rows, jobs_ready=self.jobs_ready)
+        if rows and self.postgres:  # the insert sent these wake-ups itself
+            self._notified_jobs |= self.jobs_ready
+            self._notified_events.update(str(r["job_id"]) for r in rows)
         if triggers and await outbox.enqueue(self.conn, self.postgres, triggers):
             self.deliveries = True
             self.after_commit.append(functools.partial(outbox.wake, outbox.db_key(self.conn)))
@@ -57,8 +62,8 @@ class Unit:
     def notifications(self) -> list[tuple[str, str]]:
         """The NOTIFYs this write owes other processes (PostgreSQL): runnable jobs, the jobs that
         have new events, new webhook deliveries."""
-        out = [(q.JOBS_CHANNEL, "")] if self.jobs_ready else []
-        out += [(q.EVENTS_CHANNEL, payload) for payload in _chunks(sorted(self.event_jobs))]
+        out = [(q.JOBS_CHANNEL, "")] if self.jobs_ready and not self._notified_jobs else []
+        out += [(q.EVENTS_CHANNEL, payload) for payload in _chunks(sorted(self.event_jobs - self._notified_events))]
         if self.deliveries:
             out.append((webhook_q.WEBHOOKS_CHANNEL, ""))
         return out
