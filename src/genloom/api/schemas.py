@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
 from genloom.lifecycle import Status
 
@@ -37,6 +37,16 @@ def storable_json(value: Any) -> Any:
 
 
 Text = Annotated[str, AfterValidator(storable)]
+
+
+#: A UTC time on the wire, always with milliseconds ("2026-11-23T15:17:20.000Z"): one fixed width,
+#: so the strings sort as the times do (pydantic drops a zero fraction, and "20Z" sorts after "20.004Z").
+Timestamp = Annotated[
+    datetime,
+    PlainSerializer(lambda d: d.isoformat(timespec="milliseconds").replace("+00:00", "Z"), return_type=str,
+                    when_used="json"),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
 
 
 class ErrorDetail(BaseModel):
@@ -84,11 +94,11 @@ class Job(BaseModel):
     error_message: str | None
     cancel_requested: bool
     idempotency_key: str | None
-    created_at: datetime
-    queued_at: datetime | None
-    started_at: datetime | None
-    completed_at: datetime | None
-    updated_at: datetime
+    created_at: Timestamp
+    queued_at: Timestamp | None
+    started_at: Timestamp | None
+    completed_at: Timestamp | None
+    updated_at: Timestamp
     queue_position: int | None = Field(description="Runnable jobs ahead of this one, while it waits")
     events_url: str
 
@@ -133,7 +143,7 @@ class LedgerEntry(BaseModel):
     round: int
     amount: int
     note: str | None
-    created_at: datetime
+    created_at: Timestamp
 
 
 class Credits(BaseModel):
