@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from genloom.errors import InvalidInput
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], within: float = 10.0, every: float = 0.02) -> Any:
+    """Await ``check()`` until it returns something truthy (that value); fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still not true after {within} s (last: {value!r}): {check}")
+        await asyncio.sleep(every)
 
 
 class TestCatalog:

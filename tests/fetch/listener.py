@@ -15,21 +15,18 @@ PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 16
 LIMIT = 64 * 1024
 
 
-class CountingServer(ThreadingHTTPServer):
-    """Counts accepted connections and records each request's Host header, SNI and body."""
+class Listener(ThreadingHTTPServer):
+    """A threaded HTTP server on ``host`` (an IPv6 host when it has a colon), serving from a thread
+    of its own, counting the connections it accepts; subclasses add what they record."""
 
     daemon_threads = True
 
-    def __init__(self, host: str, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(self, host: str, handler: type[BaseHTTPRequestHandler]) -> None:
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        super().__init__((host, 0), Handler)
-        self.tls = tls
+        super().__init__((host, 0), handler)
         self.accepted = 0
-        self.hosts: list[str | None] = []
-        self.sni: list[str | None] = []
-        self.bodies: list[bytes] = []
-        if tls is not None:
-            tls.sni_callback = lambda _sock, name, _ctx: self.sni.append(name)
+
+    def start(self) -> None:
         self._thread = threading.Thread(target=self.serve_forever, args=(0.02,), daemon=True)
         self._thread.start()
 
@@ -40,8 +37,6 @@ class CountingServer(ThreadingHTTPServer):
     def get_request(self) -> tuple[Any, Any]:
         conn, addr = super().get_request()
         self.accepted += 1
-        if self.tls is not None:
-            conn = self.tls.wrap_socket(conn, server_side=True)
         return conn, addr
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -51,6 +46,26 @@ class CountingServer(ThreadingHTTPServer):
         self.shutdown()
         self.server_close()
         self._thread.join(5)
+
+
+class CountingServer(Listener):
+    """Counts accepted connections and records each request's Host header, SNI and body."""
+
+    def __init__(self, host: str, tls: ssl.SSLContext | None = None) -> None:
+        super().__init__(host, Handler)
+        self.tls = tls
+        self.hosts: list[str | None] = []
+        self.sni: list[str | None] = []
+        self.bodies: list[bytes] = []
+        if tls is not None:
+            tls.sni_callback = lambda _sock, name, _ctx: self.sni.append(name)
+        self.start()
+
+    def get_request(self) -> tuple[Any, Any]:
+        conn, addr = super().get_request()
+        if self.tls is not None:
+            conn = self.tls.wrap_socket(conn, server_side=True)
+        return conn, addr
 
 
 class Handler(BaseHTTPRequestHandler):

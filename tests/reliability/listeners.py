@@ -5,48 +5,27 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
 
+from tests.fetch.listener import Listener
 
-class FileServer(ThreadingHTTPServer):
+
+class FileServer(Listener):
     """Serves ``files[path] = (body, content type)``; counts connections and requests."""
 
-    daemon_threads = True
-
     def __init__(self, files: dict[str, tuple[bytes, str]], host: str = "127.0.0.1") -> None:
-        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        super().__init__((host, 0), _Handler)
+        super().__init__(host, _Handler)
         self.files = files
-        self.accepted = 0
         self.paths: list[str] = []
-        self._thread = threading.Thread(target=self.serve_forever, args=(0.02,), daemon=True)
-        self._thread.start()
+        self.start()
 
     def server_bind(self) -> None:
         if self.address_family == socket.AF_INET6:  # dual-stack: IPv4 clients arrive as ::ffff:a.b.c.d
             self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         super().server_bind()
-
-    @property
-    def port(self) -> int:
-        return int(self.server_address[1])
-
-    def get_request(self) -> tuple[Any, Any]:
-        conn, addr = super().get_request()
-        self.accepted += 1
-        return conn, addr
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Clients that hang up early are expected here."""
-
-    def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
-        self._thread.join(5)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import select
@@ -13,18 +10,7 @@ from genloom.jobs import JobSpec
 from genloom.models import Job, Project
 from genloom.runtime import Core
 from genloom.store.schema import webhook_attempts, webhook_deliveries
-
-
-async def until(check: Callable[[], Awaitable[Any]], within: float = 10.0, every: float = 0.02) -> Any:
-    """Poll ``check()`` until it returns something truthy; that value."""
-    deadline = time.monotonic() + within
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {within} s (last: {value!r})")
-        await asyncio.sleep(every)
+from tests.support import eventually as until
 
 
 async def delivery_rows(core: Core, **where: Any) -> list[dict[str, Any]]:

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -21,6 +20,7 @@ from genloom.models import Job, Project
 from genloom.runtime import Core
 from genloom.testing import FakeReplicate, ReplicateScript
 from genloom.worker import Worker
+from tests.support import eventually
 from tests.worker.pipelines import Control, make_registry
 
 PNG = b"\x89PNG\r\n\x1a\n stand-in output"
@@ -97,18 +97,6 @@ async def running(app: App, **kwargs: Any) -> AsyncIterator[Worker]:
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], within: float = 10.0, every: float = 0.02) -> Any:
-    """Await ``check()`` until it returns something truthy; fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still not true after {within} s: {check}")
-        await asyncio.sleep(every)
 
 
 async def wait_status(core: Core, job_id: str, *statuses: Status, within: float = 10.0) -> Job:
