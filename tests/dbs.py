@@ -13,6 +13,7 @@ from pathlib import Path
 import psycopg
 from sqlalchemy.engine import make_url
 
+from genloom.store.engine import libpq_url
 from genloom.store.migrate import upgrade
 
 TEMPLATE = f"genloom_tpl_{os.getpid()}"
@@ -50,11 +51,7 @@ def _tune(url: str) -> bool:
     return True
 
 
-def libpq(url: str, database: str | None = None) -> str:
-    u = make_url(url).set(drivername="postgresql")
-    if database is not None:
-        u = u.set(database=database)
-    return u.render_as_string(hide_password=False)
+libpq = libpq_url  # the name the callers here use
 
 
 def pg_admin(url: str, sql: str) -> None:

@@ -14,7 +14,7 @@ from genloom.notify import Notifier, PgNotifier
 from genloom.observability import Metrics
 from genloom.projects import Projects
 from genloom.queue import Queue
-from genloom.store.engine import Database
+from genloom.store.engine import Database, libpq_url
 
 
 @dataclass
@@ -37,7 +37,7 @@ class Core:
 
 def pg_conninfo(db: Database) -> str:
     """A libpq connection string for the LISTEN connection (psycopg, outside SQLAlchemy)."""
-    return db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    return libpq_url(db.engine.url.render_as_string(hide_password=False))
 
 
 async def open_core(settings: Settings, catalog: Catalog, clock: Clock | None = None) -> Core:

@@ -34,6 +34,15 @@ def sync_url(url: str) -> str:
     return u.set(drivername=driver).render_as_string(hide_password=False)
 
 
+def libpq_url(url: str, database: str | None = None) -> str:
+    """The same PostgreSQL database (or ``database`` on its server) as a plain libpq URL, for
+    psycopg outside SQLAlchemy (the LISTEN connection, admin statements)."""
+    u = make_url(url).set(drivername="postgresql")
+    if database is not None:
+        u = u.set(database=database)
+    return u.render_as_string(hide_password=False)
+
+
 def _sqlite_pragmas(engine: AsyncEngine, *, immediate: bool) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _connect(dbapi_conn: Any, _: Any) -> None:
