@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import SecretStr
 
 from genloom.app import App
 from genloom.errors import Forbidden, RateLimited, Unauthorized
@@ -113,8 +114,7 @@ async def caller(request: Request, creds: HTTPAuthorizationCredentials | None = 
     """The authenticated project, rate limited per key."""
     app = genloom(request)
     if creds is None and not request.headers.get("authorization") and (cookie := session_key(request)):
-        admin_token = app.settings.admin_token.get_secret_value()
-        if admin_token and hmac.compare_digest(cookie.encode(), admin_token.encode()):
+        if _is(cookie, app.settings.admin_token):
             project = await app.core.projects.get(request.query_params.get("project") or DEFAULT_PROJECT)
             return _limited(request, app, Caller(project, "admin"))
         project = await app.core.projects.authenticate(cookie)
@@ -149,12 +149,12 @@ async def admin(request: Request, creds: HTTPAuthorizationCredentials | None = D
             return
         raise Forbidden("the admin API is disabled: set GENLOOM_ADMIN_TOKEN")
     if creds is None and not request.headers.get("authorization") and (cookie := session_key(request)):
-        if hmac.compare_digest(cookie.encode(), token.encode()):
+        if _is(cookie, app.settings.admin_token):
             return  # the dashboard, logged in with the admin token
         raise Forbidden("the admin token is required for this action")
     if creds is None:
         raise Unauthorized("the admin token is required (Authorization: Bearer <admin token>)")
-    if hmac.compare_digest(creds.credentials.encode(), token.encode()):
+    if _is(creds.credentials, app.settings.admin_token):
         return
     if creds.credentials.startswith("sk_"):
         await app.core.projects.authenticate(creds.credentials)  # 401 unless a valid project key
@@ -166,12 +166,16 @@ async def metrics_reader(request: Request, creds: HTTPAuthorizationCredentials |
     """/metrics counts every project's jobs: it takes the metrics token (a scraper's, nothing
     else) or the admin token, compared in constant time; without one it is open in local mode only."""
     app = genloom(request)
-    tokens = [t.get_secret_value() for t in (app.settings.metrics_token, app.settings.admin_token)]
     if creds is not None:
-        given = creds.credentials.encode()
-        if any(t and hmac.compare_digest(given, t.encode()) for t in tokens):
+        if _is(creds.credentials, app.settings.metrics_token) or _is(creds.credentials, app.settings.admin_token):
             return
         raise Unauthorized("the metrics token is not valid")
     if await local_mode(app):
         return
     raise Unauthorized("metrics need GENLOOM_METRICS_TOKEN or the admin token (Authorization: Bearer <token>)")
+
+
+def _is(given: str, secret: SecretStr) -> bool:
+    """``given`` is the configured ``secret`` (never an unset one), compared in constant time."""
+    value = secret.get_secret_value()
+    return bool(value) and hmac.compare_digest(given.encode(), value.encode())
