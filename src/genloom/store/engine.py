@@ -77,8 +77,18 @@ class Database:
             # No pre-ping (a round trip per checkout): a connection the server dropped fails its
             # first statement as a disconnect, SQLAlchemy then discards the whole pool, and the
             # caller sees Unavailable (a 503 with Retry-After, or a worker's retry).
-            self.engine = create_async_engine(self.url, pool_size=pool_size, max_overflow=pool_size)
-            self.reader = self.engine
+            # Two pools (transactions; autocommit reads and one-statement writes), each keeping half
+            # of ``pool_size`` open: a process holds as many idle connections as with one pool.
+            kept, extra = max(1, pool_size // 2), pool_size
+            self.engine = create_async_engine(self.url, pool_size=kept, max_overflow=extra)
+            # Each statement its own transaction, for reads and for the writes that are one
+            # statement (data-modifying CTEs): one round trip where BEGIN, it and COMMIT (or the
+            # pool's ROLLBACK) were three. Reads lose nothing: under READ COMMITTED every statement
+            # of a transaction takes its own snapshot anyway. A pool of its own, so connections are
+            # switched to autocommit once, not on every checkout, and hold no transaction to roll
+            # back when returned.
+            self.reader = create_async_engine(self.url, pool_size=kept, max_overflow=extra,
+                                              isolation_level="AUTOCOMMIT", pool_reset_on_return=None)
 
     @property
     def is_postgres(self) -> bool:
@@ -100,6 +110,14 @@ class Database:
             if _is_unreachable(exc):
                 raise Unavailable("the database is unreachable") from exc
             raise
+
+    @asynccontextmanager
+    async def autocommit(self) -> AsyncIterator[AsyncConnection]:
+        """A connection whose every statement commits on its own (PostgreSQL single-statement
+        writes): the read pool's, which runs in autocommit there."""
+        assert self.dialect == "postgresql", "SQLite has no single-statement writes to run this way"
+        async with self.read() as conn:
+            yield conn
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
