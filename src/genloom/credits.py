@@ -28,6 +28,10 @@ async def _ensure_account(u: Unit, project_id: str, user_id: str) -> None:
             pass  # created by a concurrent grant
 
 
+def insufficient(amount: int) -> InsufficientCredits:
+    return InsufficientCredits(f"this job costs {amount} credits; the balance is lower", cost=amount)
+
+
 async def charge(u: Unit, *, project_id: str, user_id: str, job_id: str, round_: int, amount: int, now: int) -> None:
     """Debit ``amount`` for a job's billing round, or raise InsufficientCredits (nothing written)."""
     entry = {"project_id": project_id, "user_id": user_id, "job_id": job_id, "round": round_, "created_at": now}
@@ -39,7 +43,7 @@ async def charge(u: Unit, *, project_id: str, user_id: str, job_id: str, round_:
                                    {"b_project_id": project_id, "b_user_id": user_id, "b_amount": amount})
         took = res.rowcount == 1
     if not took:
-        raise InsufficientCredits(f"this job costs {amount} credits; the balance is lower", cost=amount)
+        raise insufficient(amount)
     if not u.postgres:
         await u.conn.execute(q.insert_ledger(), entry | {"reason": "charge", "amount": -amount})
 

@@ -7,6 +7,7 @@ together. Two racing writers never both win; the loser gets the typed error.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -30,6 +31,7 @@ from genloom.observability import Metrics, get_logger
 from genloom.store import statements as q
 from genloom.store.engine import Database
 from genloom.store.unit import Unit, unit
+from genloom.webhooks import outbox
 
 log = get_logger("genloom.jobs")
 CANCEL_MESSAGE = "Job cancelled by user request"
@@ -135,25 +137,23 @@ class Jobs:
         sync = self.catalog.is_sync(spec.type)
         cost = self.catalog.cost(spec.type, spec.mode)
         job_id = JobId(spec.job_id or new_job_id())
+        billed = project.billing_enabled and cost > 0
+        if self.db.is_postgres and not (sync or spec.job_id or spec.idempotency_key):
+            # One statement (charge included): nothing to look up first, no duplicate to wait for.
+            async with self.db.autocommit() as conn:
+                if not await outbox.interested(conn, (EventType.QUEUED,)):
+                    values = self._row(job_id, project, spec, params_hash, request_id, now, sync, cost, billed)
+                    params = {f"j_{k}": v for k, v in values.items()}
+                    if not (await conn.execute(q.create_pg(tuple(values), billed), params)).first():
+                        raise credits.insufficient(cost)
+                    return self._created(values, project, request_id, sync)
         async with unit(self.db, self.notifier) as u:
             existing = await self._existing(u, project, spec, params_hash)
             if existing is not None:
                 return existing, False
-            status = Status.PENDING if sync else Status.QUEUED
-            values: dict[str, Any] = {
-                "id": job_id, "project_id": project.id, "user_id": spec.user, "type": spec.type,
-                "mode": spec.mode, "input": spec.input, "params_hash": params_hash,
-                "status": status.value, "attempt": 0,
-                "max_attempts": spec.max_attempts or self.max_attempts, "round": 0,
-                "priority": spec.priority, "idempotency_key": spec.idempotency_key, "cost": cost,
-                "charged": False, "run_after": now + int(spec.delay_seconds * 1000),
-                "webhook_url": spec.webhook_url, "request_id": request_id, "created_at": now,
-                "queued_at": None if sync else now, "updated_at": now, "progress": 0.0,
-            }
+            values = self._row(job_id, project, spec, params_hash, request_id, now, sync, cost, billed)
             # The row goes in before the charge: a concurrent duplicate then waits on its unique
             # key (and finds this job) instead of being refused by a balance this job has spent.
-            billed = project.billing_enabled and cost > 0
-            values["charged"] = billed
             await u.conn.execute(q.insert_job(), values)
             if billed:
                 await credits.charge(u, project_id=project.id, user_id=spec.user, job_id=job_id,
@@ -161,9 +161,29 @@ class Jobs:
             u.jobs_ready = True
             if not sync:
                 u.add_events(values, [EventSpec(EventType.QUEUED)], now, request_id)
+        return self._created(values, project, request_id, sync)
+
+    def _row(
+        self, job_id: JobId, project: Project, spec: JobSpec, params_hash: str, request_id: str | None,
+        now: int, sync: bool, cost: int, billed: bool,
+    ) -> dict[str, Any]:
+        return {
+            "id": job_id, "project_id": project.id, "user_id": spec.user, "type": spec.type,
+            "mode": spec.mode, "input": spec.input, "params_hash": params_hash,
+            "status": (Status.PENDING if sync else Status.QUEUED).value, "attempt": 0,
+            "max_attempts": spec.max_attempts or self.max_attempts, "round": 0,
+            "priority": spec.priority, "idempotency_key": spec.idempotency_key, "cost": cost,
+            "charged": billed, "run_after": now + int(spec.delay_seconds * 1000),
+            "webhook_url": spec.webhook_url, "request_id": request_id, "created_at": now,
+            "queued_at": None if sync else now, "updated_at": now, "progress": 0.0,
+        }
+
+    def _created(
+        self, values: dict[str, Any], project: Project, request_id: str | None, sync: bool
+    ) -> tuple[Job, bool]:
         job = Job.from_row(values | _NULLS | values)
         log.info("job.created", job_id=job.id, project_id=project.id, request_id=request_id,
-                 type=job.type, cost=cost, charged=job.charged)
+                 type=job.type, cost=job.cost, charged=job.charged)
         if not sync:
             self._logged(job, Status.PENDING, Status.QUEUED, request_id)
         return job, True
@@ -200,6 +220,10 @@ class Jobs:
     ) -> Job:
         """Complete a running job, unless a cancel was requested meanwhile: then the result is
         discarded and the job ends cancelled. ``provider_ref`` (a callback, no lease) must match."""
+        if self.db.is_postgres and lease_token is not None and provider_ref is None:
+            done = await self._finish_quiet(job_id, lease_token, values, events)
+            if done is not None:
+                return done
         async with unit(self.db, self.notifier) as u:
             row = await self.lock(u, job_id)
             if provider_ref is not None and (row["provider_ref"] != provider_ref or row["lease_token"]):
@@ -208,7 +232,33 @@ class Jobs:
                 return await self.apply(u, row, Status.CANCELLED, lease_token=lease_token,
                                         error_code="cancelled", error_message=row["error_message"] or CANCEL_MESSAGE)
             return await self.apply(u, row, Status.COMPLETED, lease_token=lease_token, events=events,
-                                    values=values | {"progress": 1.0, "error_code": None, "error_message": None})
+                                    values=values | _COMPLETED)
+
+    async def _finish_quiet(
+        self, job_id: str, lease_token: str, values: dict[str, Any], events: Sequence[EventSpec],
+    ) -> Job | None:
+        """PostgreSQL: a worker's completion in one statement (``finish_quiet_pg``), or None when
+        it did not apply (a cancel request, a webhook owed, a lost lease): ``finish`` then runs
+        the transaction that handles each of those."""
+        now = self._now()
+        specs = [*events, EventSpec(EventType.COMPLETED)]
+        # what apply() would set for this transition
+        sets = _entering(Status.COMPLETED, now) | values | _COMPLETED | {"status": Status.COMPLETED.value,
+                                                                          "updated_at": now}
+        params = {f"f_{k}": v for k, v in sets.items()} | {
+            "f_id": job_id, "f_token": lease_token,
+            "e_types": [e.type.value for e in specs], "e_stages": [e.stage for e in specs],
+            "e_latency": [e.latency_ms for e in specs], "e_codes": [e.error_code for e in specs],
+            "e_msgs": [e.error_msg for e in specs], "e_data": [json.dumps(e.data) for e in specs]}
+        async with self.db.autocommit() as conn:
+            if await outbox.interested(conn, [e.type for e in events]):
+                return None
+            row = (await conn.execute(q.finish_quiet_pg(tuple(sets)), params)).mappings().first()
+        if row is None:
+            return None
+        job = Job.from_row(row)
+        self._logged(job, Status.RUNNING, Status.COMPLETED, None)
+        return job
 
     async def lock(self, u: Unit, job_id: str, project_id: str | None = None) -> dict[str, Any]:
         row = (await u.conn.execute(q.lock_job(job_id, u.postgres))).mappings().first()
@@ -317,6 +367,10 @@ class Jobs:
             if not self.catalog.is_sync(job.type):
                 job = await self.apply(u, dict(job.__dict__), Status.QUEUED, request_id=request_id)
         return job
+
+
+#: What a completion sets besides the result, however it is written.
+_COMPLETED: dict[str, Any] = {"progress": 1.0, "error_code": None, "error_message": None}
 
 
 def _entering(to: Status, now: int) -> dict[str, Any]:

@@ -11,8 +11,11 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from genloom.clock import Clock, ms
-from genloom.errors import InvalidTransition, LeaseLost
+from genloom.errors import InvalidTransition, LeaseLost, Unavailable
 from genloom.ids import new_lease_token
 from genloom.jobs import Jobs
 from genloom.lifecycle import EventType, Status
@@ -21,8 +24,13 @@ from genloom.observability import get_logger
 from genloom.retry import Decision
 from genloom.store import statements as q
 from genloom.store.unit import unit
+from genloom.webhooks import outbox
 
 log = get_logger("genloom.queue")
+
+#: The events a claim writes (``started`` and a first stage's start): while no webhook endpoint
+#: subscribes to them, a PostgreSQL claim needs no delivery rows and runs as single statements.
+_CLAIM_EVENTS = (EventType.STARTED, EventType.STAGE_STARTED, EventType.VISION_STARTED)
 
 
 @dataclass(frozen=True)
@@ -49,13 +57,18 @@ class Queue:
     ) -> list[Job]:
         """Lease up to ``limit`` runnable jobs (highest priority, oldest first) to ``worker_id``.
 
-        ``first_stage`` names the stage each job starts on (and its start event): written by this
-        same transaction, so a job's first stage begins after one commit, not two."""
+        ``first_stage`` names the stage each job starts on (and its start event), written with the
+        claim (its transaction; on PostgreSQL a second statement right after): a returned job's
+        ``stage`` is set only when its start was recorded."""
         now = self._now()
         token = new_lease_token()
+        params = q.claim_params(worker_id=worker_id, token=token, now=now, lease_until=now + self.lease_ms,
+                                limit=limit, types=types)
+        if self.db.is_postgres:
+            async with self.db.autocommit() as conn:
+                if not await outbox.interested(conn, _CLAIM_EVENTS):
+                    return await self._claim_pg(conn, worker_id, params, first_stage)
         async with unit(self.db, self.notifier) as u:
-            params = q.claim_params(worker_id=worker_id, token=token, now=now, lease_until=now + self.lease_ms,
-                                    limit=limit, types=types)
             stmt = q.claim_prepared(u.postgres, types is not None)
             rows = [dict(r) for r in (await u.conn.execute(stmt, params)).mappings().all()]
             stages: list[dict[str, Any]] = []
@@ -69,6 +82,36 @@ class Queue:
                 u.add_events(row, specs, now)
             if stages:
                 await u.conn.execute(q.set_first_stage(), stages)
+        return self._claimed(rows, worker_id)
+
+    async def _claim_pg(
+        self, conn: AsyncConnection, worker_id: str, params: dict[str, Any],
+        first_stage: Callable[[Job], FirstStage | None] | None,
+    ) -> list[Job]:
+        """The claim in two autocommitted statements, two round trips: the leases with their
+        ``started`` events, then the first stages with theirs. The second is fenced by the new
+        token; should it fail, the jobs are still leased and each records its own stage start."""
+        stmt = q.claim_started_pg("c_types" in params)
+        result = await conn.execute(stmt, params | {"c_started": {"worker": worker_id}})
+        rows = [dict(r) for r in result.mappings().all()]
+        plan = [(row, first) for row in rows
+                if first_stage is not None and (first := first_stage(Job.from_row(row))) is not None
+                and (first.event is None or first.event.type in _CLAIM_EVENTS)]
+        if plan:
+            stages = {"s_ids": [r["id"] for r, _ in plan], "s_stages": [f.name for _, f in plan],
+                      "s_events": [f.event.type.value if f.event else None for _, f in plan],
+                      "s_token": params["c_token"], "s_now": params["c_now"]}
+            try:
+                written = set((await conn.execute(q.start_stages_pg(), stages)).scalars().all())
+            except (DBAPIError, Unavailable) as exc:
+                log.warning("queue.first_stage_failed", worker=worker_id, error=str(exc))
+                written = set()
+            for row, first in plan:
+                if row["id"] in written:
+                    row["stage"] = first.name
+        return self._claimed(rows, worker_id)
+
+    def _claimed(self, rows: Sequence[dict[str, Any]], worker_id: str) -> list[Job]:
         claimed = [Job.from_row(r) for r in rows]
         for job in claimed:
             log.info("job.transition", job_id=job.id, project_id=job.project_id, request_id=job.request_id,
@@ -108,16 +151,25 @@ class Queue:
         )
 
     async def complete_many(self, jobs: Sequence[Job]) -> list[Job]:
-        """Finish a batch of no-output jobs in one statement and one event insert."""
+        """Finish a batch of no-output jobs in one statement and one event insert (on PostgreSQL
+        one statement in all for those whose completion owes no webhook delivery)."""
         if not jobs:
             return []
         now = self._now()
         leases = [(j.id, j.lease_token or "") for j in jobs]
-        async with unit(self.db, self.notifier) as u:
-            stmt = q.complete_prepared()
-            rows = (await u.conn.execute(stmt, q.complete_params(leases, now))).mappings().all()
-            for row in rows:
-                u.add_events(row, [EventSpec(EventType.COMPLETED)], now)
+        rows: list[Any] = []
+        if self.db.is_postgres:  # one statement for the jobs nobody awaits a webhook of
+            async with self.db.autocommit() as conn:
+                rows = list((await conn.execute(q.complete_quiet_pg(), q.complete_params(leases, now))).mappings())
+            quiet = {r["id"] for r in rows}
+            leases = [lease for lease in leases if lease[0] not in quiet]
+        if leases:
+            async with unit(self.db, self.notifier) as u:
+                stmt = q.complete_prepared()
+                hooked = (await u.conn.execute(stmt, q.complete_params(leases, now))).mappings().all()
+                for row in hooked:
+                    u.add_events(row, [EventSpec(EventType.COMPLETED)], now)
+            rows += hooked
         done = [Job.from_row(r) for r in rows]
         for job in done:
             log.info("job.transition", job_id=job.id, project_id=job.project_id, request_id=job.request_id,

@@ -387,6 +387,34 @@ async def test_a_prepared_claim_keeps_the_claim_index(core: Any, db_url: str, ty
     # claim_batch: the statement the queue prepares (claim_prepared), built by the same code with values
     stmt = q.claim_batch(postgres=True, worker_id="w", token="t" * 24, now=10**9, lease_until=10**9 + 1,
                          limit=16, types=types)
-    found = generic_plan(db_url, stmt)
-    assert ("Seq Scan", "jobs") not in found, found
-    assert any(name == "ix_jobs_claim" for _, name in found), found
+    # and the one PostgreSQL runs: that claim with its started events, in one statement
+    params = q.claim_params(worker_id="w", token="t" * 24, now=10**9, lease_until=10**9 + 1, limit=16, types=types)
+    one_statement = q.claim_started_pg(types is not None).params(params | {"c_started": {"worker": "w"}})
+    for prepared in (stmt, one_statement):
+        found = generic_plan(db_url, prepared)
+        assert ("Seq Scan", "jobs") not in found, found
+        assert any(name == "ix_jobs_claim" for _, name in found), found
+
+
+@pytest.mark.postgresql_only
+async def test_creates_and_claims_announce_themselves_to_other_processes(core: Any, db_url: str) -> None:
+    """The one-statement create and claim send their NOTIFYs from inside the statement: a create
+    wakes claimers and the job's followers, a claim (its started and first-stage events) the followers."""
+    from tests.dbs import libpq
+
+    project = await make_project(core, billing=False)
+    async with await psycopg.AsyncConnection.connect(libpq(db_url), autocommit=True) as listener:
+        await listener.execute(f"LISTEN {q.JOBS_CHANNEL}")
+        await listener.execute(f"LISTEN {q.EVENTS_CHANNEL}")
+
+        async def heard() -> list[tuple[str, str]]:
+            return [(n.channel, n.payload) async for n in listener.notifies(timeout=0.5)]
+
+        job = await create(core, project)
+        assert sorted(await heard()) == sorted([(q.JOBS_CHANNEL, ""), (q.EVENTS_CHANNEL, job.id)])
+        start = FirstStage("probe", EventSpec(EventType.STAGE_STARTED, stage="probe"))
+        [claimed] = await core.queue.claim("w", limit=1, first_stage=lambda _job: start)
+        assert claimed.stage == "probe"
+        assert await heard() == [(q.EVENTS_CHANNEL, job.id)] * 2  # the lease's statement, then the stage's
+    assert [(e["type"], e["stage"]) for e in await event_rows(core, job.id)] == [
+        ("queued", None), ("started", None), ("stage_started", "probe")]

@@ -9,7 +9,9 @@ import pytest
 from sqlalchemy import event, func, select
 
 from genloom.jobs import JobSpec
-from genloom.lifecycle import Status
+from genloom.lifecycle import EventType, Status
+from genloom.models import EventSpec
+from genloom.queue import FirstStage
 from genloom.store.schema import webhook_deliveries
 from genloom.store.unit import unit
 from genloom.webhooks import outbox
@@ -93,7 +95,8 @@ async def test_a_job_url_gets_terminal_events_only(core: Any) -> None:
 
 async def test_no_listener_means_no_query(core: Any, endpoints: Endpoints) -> None:
     """Non-terminal events of a project without extra subscriptions touch no webhook table (once
-    the interest summary is loaded); a terminal event costs one endpoint lookup and no insert."""
+    the interest summary is loaded); a terminal event costs one endpoint lookup and no insert
+    (on PostgreSQL, inside the completion's own statement)."""
     project = await make_project(core, billing=False)
     listening = await make_project(core, billing=False)
     await endpoints.create(listening.id, HOOK, events=["job.started"])  # other projects' interest
@@ -104,15 +107,19 @@ async def test_no_listener_means_no_query(core: Any, endpoints: Endpoints) -> No
         if any(t in statement for t in ("webhook_endpoints", "webhook_deliveries", "webhook_project")):
             seen.append(statement.split()[0])
 
-    event.listen(core.db.engine.sync_engine, "before_cursor_execute", count)
+    engines = {core.db.engine.sync_engine, core.db.reader.sync_engine}  # PostgreSQL's one-statement writes: reader
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", count)
     try:
         await core.jobs.create(project, JobSpec(type="noop", input={}))
         [job] = await core.queue.claim("w", limit=1)
         assert seen == []
         await core.queue.complete_many([job])
-        assert seen == ["SELECT"]
+        # SQLite looks the endpoints up; PostgreSQL's completion statement checks for them itself
+        assert seen == (["WITH"] if core.db.is_postgres else ["SELECT"])
     finally:
-        event.remove(core.db.engine.sync_engine, "before_cursor_execute", count)
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", count)
     assert await delivery_rows(core) == []
 
 
@@ -123,3 +130,17 @@ async def test_a_new_subscription_applies_at_once_in_this_process(core: Any, end
     await completed_jobs(core, project, 1)
     assert [(r["endpoint_id"], r["event_type"]) for r in await delivery_rows(core)] == [(ep.id, "job.started")]
     assert outbox.INTEREST_TTL <= 1.0
+
+
+async def test_subscribers_to_queued_and_start_events_get_them(core: Any, endpoints: Endpoints) -> None:
+    """A create and a claim whose events somebody subscribed to write their deliveries too (on
+    PostgreSQL they then leave the one-statement path for a transaction that can)."""
+    project = await make_project(core, billing=False)
+    ep = (await endpoints.create(project.id, HOOK, events=["job.queued", "job.started", "job.stage_started"])).endpoint
+    job, _ = await core.jobs.create(project, JobSpec(type="noop", input={}))
+    start = FirstStage("probe", EventSpec(EventType.STAGE_STARTED, stage="probe"))
+    [claimed] = await core.queue.claim("w", limit=1, first_stage=lambda _job: start)
+    assert claimed.stage == "probe"
+    rows = await delivery_rows(core)
+    assert sorted((r["endpoint_id"], r["job_id"], r["event_type"]) for r in rows) == sorted(
+        (ep.id, job.id, t) for t in ("job.queued", "job.started", "job.stage_started"))

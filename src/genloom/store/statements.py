@@ -1,7 +1,9 @@
 """Every statement that touches the jobs, events and ledger tables, each named for its purpose.
 
-The only dialect branches here are the claim (SKIP LOCKED vs a single UPDATE … RETURNING),
-the transaction-id stamp and order of the event feed, and wake-up NOTIFYs; everything else is portable Core.
+The dialect branches here are the claim (SKIP LOCKED vs a single UPDATE … RETURNING), the
+transaction-id stamp and order of the event feed, wake-up NOTIFYs, and PostgreSQL's hot writes
+as single statements (the ``*_pg`` builders; SQLite runs the same writes as a transaction of
+portable statements). Everything else is portable Core.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
+    CTE,
+    JSON,
     BigInteger,
     ColumnElement,
     Delete,
@@ -18,11 +23,14 @@ from sqlalchemy import (
     Integer,
     Select,
     String,
+    Text,
     TextClause,
     Update,
     and_,
     bindparam,
+    cast,
     delete,
+    exists,
     func,
     insert,
     literal,
@@ -30,11 +38,12 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    true,
     tuple_,
     update,
 )
 
-from genloom.lifecycle import Status
+from genloom.lifecycle import EventType, Status
 from genloom.store.schema import (
     api_keys,
     credit_accounts,
@@ -43,6 +52,7 @@ from genloom.store.schema import (
     jobs,
     locks,
     projects,
+    webhook_endpoints,
 )
 
 JOBS_CHANNEL = "genloom_jobs"
@@ -183,6 +193,149 @@ def _claim(postgres: bool, worker_id: Any, token: Any, now: Any, lease_until: An
         )
         .returning(*jobs.c)
     )
+
+
+# --- PostgreSQL: a write and its events in one statement -----------------------------------
+# Data-modifying CTEs run once and to completion, referenced or not, inside the statement's own
+# transaction: executed in autocommit mode each of these is one round trip and one commit where
+# BEGIN, the writes, the event insert and COMMIT were five. The event rows are stamped and
+# NOTIFY their job as ``insert_events`` does; they are only written for rows the write matched,
+# and the row locks the write takes order them per job as a transaction would.
+
+_EVENT_COLUMNS = ["job_id", "project_id", "type", "ts", "attempt", "stage", "request_id", "data", "tx"]
+
+
+def _event_insert(source: Select[Any], *, jobs_ready: bool = False, cols: Sequence[str] = _EVENT_COLUMNS) -> Insert:
+    wakes = [func.pg_notify(EVENTS_CHANNEL, job_events.c.job_id)]
+    if jobs_ready:
+        wakes.append(func.pg_notify(JOBS_CHANNEL, literal_column("''")))
+    return insert(job_events).from_select(list(cols), source).returning(*wakes)
+
+
+def _one_event_each(written: CTE, type_: EventType, ts: ColumnElement[int], data: ColumnElement[Any] | None = None,
+                    *, jobs_ready: bool = False) -> CTE:
+    """The same event (no stage) for every row ``written`` returned (id, project, attempt, request id)."""
+    rows = select(
+        written.c.id, written.c.project_id, literal(type_.value), ts, written.c.attempt, literal(None, String),
+        written.c.request_id, literal({}, JSON) if data is None else data, _CURRENT_TX,
+    )
+    return _event_insert(rows, jobs_ready=jobs_ready).cte(f"{type_.value}_events")
+
+
+@functools.cache
+def claim_started_pg(typed: bool) -> Select[Any]:
+    """``claim_prepared`` plus each claimed job's ``started`` event (data: ``c_started``)."""
+    claimed = claim_prepared(True, typed).cte("claimed")
+    started = _one_event_each(claimed, EventType.STARTED, bindparam("c_now", type_=BigInteger),
+                              bindparam("c_started", type_=JSON))
+    return select(claimed).add_cte(started)
+
+
+@functools.cache
+def start_stages_pg() -> Select[Any]:
+    """Record the stage each of a claim's jobs starts on (arrays ``s_ids``, ``s_stages``, and
+    ``s_events``: the start event's type or NULL), fenced by the claim's token ``s_token``.
+    Returns the ids written."""
+    plan = select(
+        func.unnest(bindparam("s_ids", type_=ARRAY(String))).label("id"),
+        func.unnest(bindparam("s_stages", type_=ARRAY(String))).label("stage"),
+        func.unnest(bindparam("s_events", type_=ARRAY(String))).label("event"),
+    ).cte("plan")
+    set_stage = (
+        update(jobs)
+        .where(jobs.c.id == plan.c.id, jobs.c.lease_token == bindparam("s_token"),
+               jobs.c.status == Status.RUNNING.value)
+        .values(stage=plan.c.stage)
+        .returning(jobs.c.id, jobs.c.project_id, jobs.c.attempt, jobs.c.request_id,
+                   plan.c.stage.label("p_stage"), plan.c.event.label("p_event"))
+        .cte("set_stage")
+    )
+    starts = select(
+        set_stage.c.id, set_stage.c.project_id, set_stage.c.p_event, bindparam("s_now", type_=BigInteger),
+        set_stage.c.attempt, set_stage.c.p_stage, set_stage.c.request_id, literal({}, JSON), _CURRENT_TX,
+    ).where(set_stage.c.p_event.is_not(None))
+    return select(set_stage.c.id).add_cte(_event_insert(starts).cte("stage_events"))
+
+
+@functools.cache
+def create_pg(columns: tuple[str, ...], billed: bool) -> Select[Any]:
+    """Insert a job and its ``queued`` event, waking claimers. Parameters: ``j_<column>`` for each
+    of ``columns`` (prefixed: an UPDATE in the statement would set any column its parameters are
+    named for). ``billed``: only if the balance of (``j_project_id``, ``j_user_id``) covers
+    ``j_cost``, debited with its ledger entry in the same statement; no row returned then means
+    insufficient credits, and nothing was written."""
+    row = [bindparam(f"j_{c}", type_=jobs.c[c].type) for c in columns]
+    cost, at = bindparam("j_cost", type_=BigInteger), bindparam("j_created_at", type_=BigInteger)
+    if billed:
+        a = credit_accounts.c
+        debit = (
+            update(credit_accounts)
+            .where(a.project_id == bindparam("j_project_id"), a.user_id == bindparam("j_user_id"), a.balance >= cost)
+            .values(balance=a.balance - cost)
+            .returning(a.project_id)
+            .cte("debit")
+        )
+        job = insert(jobs).from_select(list(columns), select(*row).select_from(debit))
+    else:
+        job = insert(jobs).values(dict(zip(columns, row, strict=True)))
+    created = job.returning(jobs.c.id, jobs.c.project_id, jobs.c.user_id, jobs.c.attempt, jobs.c.round,
+                            jobs.c.request_id).cte("created")
+    stmt = select(created.c.id).add_cte(_one_event_each(created, EventType.QUEUED, at, jobs_ready=True))
+    if billed:
+        entry = select(created.c.project_id, created.c.user_id, created.c.id, literal("charge"), created.c.round,
+                       -cost, at)
+        ledger_cols = ["project_id", "user_id", "job_id", "reason", "round", "amount", "created_at"]
+        stmt = stmt.add_cte(insert(credit_ledger).from_select(ledger_cols, entry).cte("charge"))
+    return stmt
+
+
+@functools.cache
+def complete_quiet_pg() -> Select[Any]:
+    """``complete_prepared`` with the jobs' ``completed`` events, for the jobs whose completion
+    owes no webhook delivery (no ``webhook_url``, no enabled endpoint in their project): those
+    need the delivery rows in the same transaction, and are left for the caller's other path."""
+    done = _complete(bindparam("b_leases", expanding=True), bindparam("b_now")).where(_quiet()).cte("done")
+    return select(done).add_cte(_one_event_each(done, EventType.COMPLETED, bindparam("b_now", type_=BigInteger)))
+
+
+def _quiet() -> ColumnElement[bool]:
+    """The job owes no webhook delivery: no ``webhook_url`` and no enabled endpoint in its project."""
+    endpoint = exists().where(webhook_endpoints.c.project_id == jobs.c.project_id, webhook_endpoints.c.enabled)
+    return and_(jobs.c.webhook_url.is_(None), ~endpoint)
+
+
+@functools.cache
+def finish_quiet_pg(columns: tuple[str, ...]) -> Select[Any]:
+    """A worker's completion of one job with its events (the stage's pending ones, then
+    ``completed``) in one statement: ``f_<column>`` for ``columns``, fenced by ``f_id`` and
+    ``f_token``; the events as arrays ``e_types``, ``e_stages``, ``e_latency``, ``e_codes``,
+    ``e_msgs``, ``e_data`` (JSON text), written in that order, stamped ``f_updated_at``. It matches
+    nothing, and writes nothing, for a job with a cancel request or one owed a webhook delivery:
+    the caller's transaction handles those."""
+    done = (
+        update(jobs)
+        .where(jobs.c.id == bindparam("f_id"), jobs.c.lease_token == bindparam("f_token"),
+               jobs.c.status == Status.RUNNING.value, jobs.c.cancel_requested.is_(False), _quiet())
+        .values({c: bindparam(f"f_{c}", type_=jobs.c[c].type) for c in columns})
+        .returning(*jobs.c)
+        .cte("done")
+    )
+    specs = func.unnest(
+        bindparam("e_types", type_=ARRAY(String)), bindparam("e_stages", type_=ARRAY(String)),
+        bindparam("e_latency", type_=ARRAY(Integer)), bindparam("e_codes", type_=ARRAY(String)),
+        bindparam("e_msgs", type_=ARRAY(Text)), bindparam("e_data", type_=ARRAY(Text)),
+    ).table_valued("type", "stage", "latency_ms", "error_code", "error_msg", "data", with_ordinality="n"
+                   ).render_derived(name="spec")
+    rows = (
+        select(done.c.id, done.c.project_id, specs.c.type, bindparam("f_updated_at", type_=BigInteger),
+               done.c.attempt, specs.c.stage, specs.c.latency_ms, specs.c.error_code, specs.c.error_msg,
+               done.c.request_id, cast(specs.c.data, JSON), _CURRENT_TX)
+        .select_from(done).join(specs, true())
+        .order_by(specs.c.n)
+    )
+    cols = ["job_id", "project_id", "type", "ts", "attempt", "stage", "latency_ms", "error_code", "error_msg",
+            "request_id", "data", "tx"]
+    return select(done).add_cte(_event_insert(rows, cols=cols).cte("finish_events"))
 
 
 def heartbeat_batch(worker_id: str, leases: Sequence[tuple[str, str]], until: int, now: int) -> Update:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -95,6 +95,13 @@ async def _extra_interest(conn: AsyncConnection) -> dict[str, frozenset[str]]:
         cached = _Interest(now, {p: frozenset(t) for p, t in extra.items() if t})
         _interest[key] = cached
     return cached.extra
+
+
+async def interested(conn: AsyncConnection, event_types: Collection[EventType]) -> bool:
+    """Whether any project subscribes to one of these non-terminal events (the cached summary):
+    a write of only events nobody wants owes no delivery rows, so it may skip ``enqueue``."""
+    wanted = {f"job.{e.value}" for e in event_types}
+    return any(types & wanted for types in (await _extra_interest(conn)).values())
 
 
 # -- writing deliveries ----------------------------------------------------------------------------
