@@ -15,7 +15,7 @@ from pathlib import Path
 
 from genloom.errors import InvalidTransition, JobCancelled, LeaseLost, Unavailable
 from genloom.ids import WorkerId, new_worker_id
-from genloom.lifecycle import EventType
+from genloom.lifecycle import EventType, Status
 from genloom.models import EventSpec, Job
 from genloom.observability import get_logger
 from genloom.pipelines.context import Parked, Services, StageContext
@@ -69,6 +69,8 @@ class Worker:
                     continue
                 want = min(free, self.core.settings.claim_batch)
                 claimed = await self._claim(want)
+                if claimed:  # let their first stages start before this loop's next query
+                    await asyncio.sleep(0)
                 if len(claimed) >= want:
                     continue
                 due = await self._next_due_in()
@@ -83,22 +85,15 @@ class Worker:
             log.info("worker.stopped", worker=self.id)
 
     async def _claim(self, limit: int) -> list[Job]:
-        started: set[str] = set()  # kept only if the claim commits
-
-        def first_stage(job: Job) -> FirstStage | None:
-            stage = self._first_stage(job)
-            if stage is not None:
-                started.add(job.id)
-            return stage
-
         try:
-            jobs = await self.core.queue.claim(self.id, self.types, limit, first_stage=first_stage)
+            jobs = await self.core.queue.claim(self.id, self.types, limit, first_stage=self._first_stage)
         except Exception as exc:  # the database is down: back off, keep the process alive
             log.warning("worker.claim_failed", worker=self.id, error=str(exc))
             # woken early when the notifier's LISTEN connection is back (PostgreSQL)
             await self.core.notifier.wait_for_jobs(self.core.settings.poll_seconds)
             return []
-        self._started_by_claim |= started
+        # a claimed job comes back with a stage only when the claim recorded that stage's start
+        self._started_by_claim |= {job.id for job in jobs if job.stage is not None}
         for job in jobs:
             ctx = self._context(job)
             task = asyncio.create_task(self._execute(ctx), name=f"job-{job.id}")
@@ -170,12 +165,27 @@ class Worker:
             except Exception as exc:
                 log.warning("worker.heartbeat_failed", worker=self.id, error=str(exc))
                 continue
+            sent: dict[str, str] = dict(leases)
             for job_id in lost:
                 entry = self.active.get(job_id)
-                if entry is not None and not entry[1].finished:
-                    # another worker may own the job now: this attempt stops, writing nothing
-                    self._lost(entry[1])
-                    entry[0].cancel()
+                if entry is None or entry[1].finished or not await self._really_lost(entry[1], sent[job_id]):
+                    continue
+                # another worker may own the job now: this attempt stops, writing nothing
+                self._lost(entry[1])
+                entry[0].cancel()
+
+    async def _really_lost(self, ctx: StageContext, token: str) -> bool:
+        """Whether a lease the heartbeat found gone was taken from this attempt, not let go by its
+        own write (a park clears the lease; the heartbeat may run just after that commit, and
+        cancelling the task then would leave a cancel requested meanwhile unanswered)."""
+        if ctx.job.lease_token != token:
+            return False  # the job's own write has already come back
+        try:
+            row = await self.core.jobs.get(ctx.job.id)
+        except Exception:
+            return True
+        own_park = row.status == Status.RUNNING and row.lease_token is None and row.attempt == ctx.job.attempt
+        return not own_park
 
     # -- one job -------------------------------------------------------------
     async def _execute(self, ctx: StageContext) -> None:

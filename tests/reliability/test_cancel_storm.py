@@ -9,9 +9,11 @@ the job was doing then:
 - held while its finished prediction's output was stored: flagged, then the settle ends it cancelled;
 - completed first: 409, and it stays completed, charged;
 
-every cancelled job is refunded exactly once, a prediction is cancelled at the provider within a
-second of the cancel being answered, and no job is revived (its terminal event stays its last, also
-after the late callbacks arrive). ``pytest -s`` shows the figures."""
+every cancelled job is refunded exactly once, a prediction is cancelled at the provider within 1.5 s
+of the cancel being answered (a held job's watcher reads its row "every second or so", the
+issue's words, and at most every 0.5 s; then the cancel's own write queues behind the storm's),
+and no job is revived (its terminal event stays its last, also after the late callbacks arrive).
+``pytest -s`` shows the figures."""
 
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ LATEST = 2.5  # seconds after its creation by which every job has been cancelled
 AT_ONCE = 0.25  # the share cancelled right after creation
 PRICE = 5
 SEED = 20241123
-PROVIDER_CANCEL_WITHIN = 1.0
+PROVIDER_CANCEL_WITHIN = 1.5
 TERMINAL = ("completed", "failed", "cancelled", "expired")
 
 

@@ -162,3 +162,27 @@ async def test_a_cancel_met_by_the_park_write_is_honoured_even_if_the_watcher_sa
     assert done.lease_token is None and done.result_key is None
     assert fake.cancels == [ref]
     assert await refunded(rapp, job.id) == [-3, 3]
+
+
+async def test_a_lease_let_go_by_the_jobs_own_park_is_not_a_lost_one(app: App) -> None:
+    """The heartbeat may find a lease gone just after the job's own park write cleared it. That is
+    not a lost lease: cancelling the job's task then left a cancel requested meanwhile unanswered,
+    its prediction running on at the provider. A lease another claim took is lost."""
+    project = await make_project(app.core, credits=2)
+    parking, taken = await submit(app.core, project), await submit(app.core, project)
+    worker = app.worker()
+    held = {j.id: j for j in await app.core.queue.claim(worker.id, limit=2)}
+    token = held[parking.id].lease_token
+    assert token is not None
+    ctx = worker._context(held[parking.id])
+    # the park's write, committed but not yet come back to the stage (ctx still holds the token)
+    await app.core.queue.touch(ctx.job, values={"lease_owner": None, "lease_token": None, "lease_expires_at": None})
+    assert not await worker._really_lost(ctx, token)
+    ctx.job = await app.core.jobs.get(parking.id)  # ... and once it has come back
+    assert not await worker._really_lost(ctx, token)
+
+    ctx = worker._context(held[taken.id])
+    await app.core.queue.release(held[taken.id])  # as a rescue would, then another worker's claim
+    [again] = await app.core.queue.claim("w_other", limit=1)
+    assert again.id == taken.id and again.attempt == ctx.job.attempt
+    assert await worker._really_lost(ctx, str(ctx.job.lease_token))
