@@ -124,6 +124,7 @@ def test_cancel_a_running_job_from_its_page(browser: Any, site: ApiServer, reque
 
 
 def test_admin_retries_a_failed_job_and_refusals_are_shown(browser: Any, site: ApiServer, request: Any) -> None:
+    make_project(site.db_url)  # a site with keys shows the login form (without any, loopback is open)
     page = browser.new_page()
     login(page, site, ADMIN_TOKEN)
     created = page.request.post(f"{site.url}/v1/jobs", headers={"X-CSRF-Token": csrf(page)},
@@ -132,14 +133,27 @@ def test_admin_retries_a_failed_job_and_refusals_are_shown(browser: Any, site: A
     job_id = created.json()["id"]
     forged = page.request.post(f"{site.url}/v1/jobs/{job_id}/cancel")  # no CSRF header: refused
     assert forged.status == 403
+    deadline = time.monotonic() + 20
+    while page.request.get(f"{site.url}/v1/jobs/{job_id}").json()["status"] != "failed":
+        assert time.monotonic() < deadline, "the scrape of a closed port never failed"
+        page.wait_for_timeout(50)
+    # Hold the side panels' request: the job page renders the job (Retry enabled) before they load,
+    # and a click in that gap must act on this job (it once fell on no handler at all).
+    held: list[Any] = []
+    page.route("**/dashboard/api/jobs/*/ledger", lambda route: held.append(route))
     page.goto(f"{site.url}/dashboard#/jobs/{job_id}")
     page.wait_for_selector("dd[data-fact=status]:text('failed')", timeout=20_000)
     page.get_by_role("button", name="Retry (admin)").click()
     page.wait_for_selector("#action-result:text('now')", timeout=10_000)
+    assert held, "the side panels loaded before the click: the gap was not exercised"
+    for route in held:
+        route.continue_()
+    page.unroute("**/dashboard/api/jobs/*/ledger")
     page.wait_for_selector("#timeline li[data-type=started] >> nth=1", timeout=20_000)  # a second round ran
     page.wait_for_selector("dd[data-fact=status]:text('failed')", timeout=20_000)
-    page.evaluate("() => { document.getElementById('cancel').disabled = false; }")
-    page.get_by_role("button", name="Cancel").click()  # a terminal job: the refusal is shown, not hidden
+    # A terminal job's Cancel is disabled; enable and press it in one step (a late event re-renders
+    # the job and disables it again) to see the server's refusal shown, not hidden.
+    page.evaluate("() => { const b = document.getElementById('cancel'); b.disabled = false; b.click(); }")
     page.wait_for_selector("#action-result.refused", timeout=10_000)
     assert "invalid_transition" in page.locator("#action-result").inner_text()
     shot(page, f"retried-{request.node.callspec.id}")

@@ -166,6 +166,11 @@ async function jobPage(jobId) {
   show("job");
   $("timeline").replaceChildren();
   $("action-result").textContent = "";
+  // Wired before the first await: the buttons are enabled by the first render, and a click that
+  // lands before the side panels load must not fall on the previous job's handler or on none.
+  $("cancel").onclick = () => act(`/v1/jobs/${jobId}/cancel`, jobId);
+  $("retry").onclick = () => act(`/v1/admin/jobs/${jobId}/retry`, jobId);
+  $("cancel").disabled = $("retry").disabled = true;  // until this job's first render says otherwise
   const job = await api(`/v1/jobs/${jobId}`);
   renderJob(job);
   await loadSide(jobId);
@@ -184,8 +189,6 @@ async function jobPage(jobId) {
     const fresh = await api(`/v1/jobs/${jobId}`).catch(() => null);
     if (fresh) { renderJob(fresh); if (fresh.terminal) clearInterval(poll); }
   }, 1000);
-  $("cancel").onclick = () => act(`/v1/jobs/${jobId}/cancel`, jobId);
-  $("retry").onclick = () => act(`/v1/admin/jobs/${jobId}/retry`, jobId);
 }
 
 async function act(path, jobId) {
