@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Literal
@@ -13,8 +14,10 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from genloom.errors import Unavailable
+from genloom.store import sqlite_writer
 
 Dialect = Literal["sqlite", "postgresql"]
+SQLITE_BUSY_WAIT = 30.0  # seconds a write waits for another process's SQLite write lock
 
 
 def async_url(url: str) -> str:
@@ -43,21 +46,21 @@ def libpq_url(url: str, database: str | None = None) -> str:
     return u.render_as_string(hide_password=False)
 
 
-def _sqlite_pragmas(engine: AsyncEngine, *, immediate: bool) -> None:
+def _sqlite_reader(engine: AsyncEngine) -> None:
+    """aiosqlite read connections: WAL, and a BEGIN per checkout so its reads share a snapshot."""
+
     @event.listens_for(engine.sync_engine, "connect")
     def _connect(dbapi_conn: Any, _: Any) -> None:
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_WAIT * 1000)}")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
 
     @event.listens_for(engine.sync_engine, "begin")
     def _begin(conn: Any) -> None:
-        # Writers take the write lock up front, so concurrent writers queue on busy_timeout
-        # instead of failing with "database is locked" when a read lock is upgraded.
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        conn.exec_driver_sql("BEGIN")
 
 
 class Database:
@@ -67,12 +70,17 @@ class Database:
         self.url = async_url(url)
         backend = make_url(self.url).get_backend_name()
         self.dialect: Dialect = "sqlite" if backend == "sqlite" else "postgresql"
-        self._write_lock: asyncio.Lock | None = None
+        self._write_lock = asyncio.Lock()  # SQLite: this process's writes, one at a time
+        self._checkpointer: sqlite_writer.Checkpointer | None = None
         if self.dialect == "sqlite":
-            self.engine = create_async_engine(self.url, pool_size=1, max_overflow=0)
+            # One write connection per process, on the loop's thread (see sqlite_writer); reads
+            # on aiosqlite's threads.
+            path = make_url(self.url).database or ""
+            self.engine = create_async_engine(self.url, pool_size=1, max_overflow=0,
+                                              async_creator=sqlite_writer.connector(path))
             self.reader = create_async_engine(self.url, pool_size=8, max_overflow=8)
-            _sqlite_pragmas(self.engine, immediate=True)
-            _sqlite_pragmas(self.reader, immediate=False)
+            _sqlite_reader(self.reader)
+            self._checkpointer = sqlite_writer.Checkpointer(path, self._write_lock)
         else:
             # No pre-ping (a round trip per checkout): a connection the server dropped fails its
             # first statement as a disconnect, SQLAlchemy then discards the whole pool, and the
@@ -98,10 +106,8 @@ class Database:
     async def tx(self) -> AsyncIterator[AsyncConnection]:
         """One write transaction; committed on exit, rolled back on error."""
         try:
-            if self._write_lock is None and self.dialect == "sqlite":
-                self._write_lock = asyncio.Lock()
-            if self._write_lock is not None:
-                async with self._write_lock, self.engine.begin() as conn:
+            if self._checkpointer is not None:
+                async with self._sqlite_tx() as conn:
                     yield conn
             else:
                 async with self.engine.begin() as conn:
@@ -110,6 +116,21 @@ class Database:
             if _is_unreachable(exc):
                 raise Unavailable("the database is unreachable") from exc
             raise
+
+    @asynccontextmanager
+    async def _sqlite_tx(self) -> AsyncIterator[AsyncConnection]:
+        """This process's writes one at a time on its one write connection; the database's write
+        lock taken up front (BEGIN IMMEDIATE), so a write never fails on a lock upgrade."""
+        assert self._checkpointer is not None
+        async with self._write_lock, self.engine.connect() as conn:
+            await _begin_immediate(conn)
+            try:
+                yield conn
+            except BaseException:
+                await conn.rollback()
+                raise
+            await conn.commit()
+            self._checkpointer.committed()
 
     @asynccontextmanager
     async def autocommit(self) -> AsyncIterator[AsyncConnection]:
@@ -130,9 +151,28 @@ class Database:
             raise
 
     async def dispose(self) -> None:
+        if self._checkpointer is not None:
+            await self._checkpointer.close()
         await self.engine.dispose()
         if self.reader is not self.engine:
             await self.reader.dispose()
+
+
+async def _begin_immediate(conn: AsyncConnection) -> None:
+    """BEGIN IMMEDIATE, waiting with asyncio sleeps (not SQLite's busy handler, which would block
+    the loop) while another process holds the write lock, for up to SQLITE_BUSY_WAIT seconds."""
+    deadline = time.monotonic() + SQLITE_BUSY_WAIT
+    pause = 0.001
+    while True:
+        try:
+            await conn.exec_driver_sql("BEGIN IMMEDIATE")
+            return
+        except OperationalError as exc:
+            await conn.rollback()
+            if exc.orig is None or not sqlite_writer.is_busy(exc.orig) or time.monotonic() + pause > deadline:
+                raise
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 def _is_unreachable(exc: DBAPIError) -> bool:

@@ -1,0 +1,171 @@
+"""The SQLite write connection: sqlite3 called on the event loop's own thread, shaped like
+aiosqlite so SQLAlchemy's aiosqlite dialect drives it unchanged.
+
+Why not aiosqlite here: it runs every call on its own thread, and SQLAlchemy's adapter makes
+three or four calls per statement (cursor, execute, fetchall, close), so a job's create was about
+seventeen thread hops, each a queue put, a GIL handoff and a loop wake-up, costing more than
+SQLite's own work on these one-row statements (tens of microseconds). One process writes through
+one connection behind ``Database``'s write lock, so the loop never waits on another coroutine's
+transaction. What could block it is another *process* holding the database's write lock: the
+connection therefore has no busy timeout, and ``Database.tx`` retries a busy ``BEGIN IMMEDIATE``
+with asyncio sleeps (once it holds the lock, WAL never makes a statement or COMMIT wait). WAL
+checkpoints (an fsync) are taken off the loop too: the connection does not checkpoint on commit,
+and ``Checkpointer`` runs them on a thread. Reads stay on aiosqlite's threads: a
+long listing must not stall the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+
+class Cursor:
+    """An sqlite3 cursor behind aiosqlite's awaitable cursor methods."""
+
+    def __init__(self, cursor: sqlite3.Cursor) -> None:
+        self._cursor = cursor
+
+    async def __aenter__(self) -> Cursor:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._cursor.close()
+
+    async def execute(self, sql: str, parameters: Sequence[Any] = ()) -> Cursor:
+        self._cursor.execute(sql, parameters)
+        return self
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> Cursor:
+        self._cursor.executemany(sql, rows)
+        return self
+
+    async def fetchone(self) -> Any:
+        return self._cursor.fetchone()
+
+    async def fetchmany(self, size: int | None = None) -> list[Any]:
+        return self._cursor.fetchmany(self._cursor.arraysize if size is None else size)
+
+    async def fetchall(self) -> list[Any]:
+        return self._cursor.fetchall()
+
+    async def close(self) -> None:
+        self._cursor.close()
+
+    @property
+    def description(self) -> Any:
+        return self._cursor.description
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
+
+    @property
+    def lastrowid(self) -> int | None:
+        return self._cursor.lastrowid
+
+    @property
+    def arraysize(self) -> int:
+        return self._cursor.arraysize
+
+    @arraysize.setter
+    def arraysize(self, value: int) -> None:
+        self._cursor.arraysize = value
+
+
+class Connection:
+    """An sqlite3 connection behind aiosqlite's connection methods (those SQLAlchemy calls)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    @property
+    def _connection(self) -> sqlite3.Connection | None:  # SQLAlchemy checks it before commit/rollback
+        return self._conn
+
+    @property
+    def isolation_level(self) -> str | None:
+        return self._conn.isolation_level
+
+    def cursor(self) -> Cursor:
+        return Cursor(self._conn.cursor())
+
+    async def commit(self) -> None:
+        self._conn.commit()
+
+    async def rollback(self) -> None:
+        self._conn.rollback()
+
+    async def close(self) -> None:
+        self._conn.close()
+
+    async def create_function(self, *args: Any, **kw: Any) -> None:
+        self._conn.create_function(*args, **kw)
+
+    def stop(self) -> None:
+        self._conn.close()
+
+
+def connector(path: str) -> Callable[[], Awaitable[Connection]]:
+    """An ``async_creator`` for ``create_async_engine``: the connection in autocommit (genloom
+    issues BEGIN IMMEDIATE itself), WAL, no busy wait and no checkpoint on commit."""
+
+    async def connect() -> Connection:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        for pragma in ("journal_mode=WAL", "busy_timeout=0", "synchronous=NORMAL", "wal_autocheckpoint=0"):
+            conn.execute(f"PRAGMA {pragma}")
+        return Connection(conn)
+
+    return connect
+
+
+def is_busy(exc: BaseException) -> bool:
+    """SQLITE_BUSY: another process holds the write lock."""
+    return isinstance(exc, sqlite3.OperationalError) and getattr(exc, "sqlite_errorcode", None) in (
+        sqlite3.SQLITE_BUSY, getattr(sqlite3, "SQLITE_BUSY_SNAPSHOT", -1))
+
+
+class Checkpointer:
+    """WAL checkpoints on a thread, after every ``EVERY_COMMITS`` commits or a second after the
+    last one, so commits on the loop stay free of the checkpoint's copying and fsync. It holds this
+    process's write lock meanwhile (the loop runs on; only this process's writes wait, as they
+    would for SQLite's own checkpoint on commit): a checkpoint racing the writes never catches up
+    with them, and the WAL is only rewound from its start once one has."""
+
+    EVERY_COMMITS = 100  # a create writes ~12 pages: about SQLite's own 1,000-page interval
+
+    def __init__(self, path: str, write_lock: asyncio.Lock) -> None:
+        self.path = path
+        self.write_lock = write_lock
+        self._conn: sqlite3.Connection | None = None
+        self._running: asyncio.Task[None] | None = None
+        self._commits = 0
+        self._last = time.monotonic()
+
+    def committed(self) -> None:
+        """Count a commit; start a checkpoint when one is due and none is running."""
+        self._commits += 1
+        if self._running is not None and not self._running.done():
+            return
+        if self._commits >= self.EVERY_COMMITS or time.monotonic() - self._last > 1.0:
+            self._commits, self._last = 0, time.monotonic()
+            self._running = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        async with self.write_lock:
+            await asyncio.to_thread(self._checkpoint)
+
+    def _checkpoint(self) -> None:
+        if self._conn is None:
+            self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    async def close(self) -> None:
+        if self._running is not None:
+            await asyncio.gather(self._running, return_exceptions=True)
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

@@ -1,0 +1,106 @@
+"""SQLite's write connection runs on the event loop (store/sqlite_writer.py): another writer's lock
+must be waited for without stalling the loop, given up on cleanly, and WAL checkpoints must
+still happen. SQLite only: PostgreSQL has no file lock, WAL file or loop-thread connection."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.exc import OperationalError
+
+from genloom.config import Settings
+from genloom.jobs import JobSpec
+from genloom.runtime import open_core
+from genloom.store import engine
+from tests.store.helpers import count_jobs, ledger_rows, make_project
+from tests.support import TestCatalog
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def path(sqlite_template: Any, tmp_path: Path) -> Path:
+    return Path(sqlite_template.clone(tmp_path).removeprefix("sqlite:///"))
+
+
+@pytest.fixture
+async def core(path: Path, tmp_path: Path) -> AsyncIterator[Any]:
+    settings = Settings(database_url=f"sqlite:///{path}", data_dir=tmp_path / "data", _env_file=None)
+    c = await open_core(settings, TestCatalog())
+    yield c
+    await c.close()
+
+
+@pytest.fixture
+def other(path: Path) -> Iterator[sqlite3.Connection]:
+    """Another writer of the same file (what another genloom process is to this one)."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    yield conn
+    conn.close()
+
+
+async def _ticks(stop: asyncio.Event) -> float:
+    """The longest the loop went without running this coroutine, in seconds."""
+    worst, last = 0.0, time.monotonic()
+    while not stop.is_set():
+        await asyncio.sleep(0.005)
+        now = time.monotonic()
+        worst, last = max(worst, now - last), now
+    return worst
+
+
+async def test_a_write_waits_for_another_writers_lock_without_stalling_the_loop(
+    core: Any, other: sqlite3.Connection
+) -> None:
+    project = await make_project(core, credits=10)
+    other.execute("BEGIN IMMEDIATE")
+    asyncio.get_running_loop().call_later(0.4, other.commit)  # only runs if the loop is free
+    stop = asyncio.Event()
+    ticker = asyncio.ensure_future(_ticks(stop))
+    started = time.monotonic()
+    job, _ = await core.jobs.create(project, JobSpec(type="motion", input={}))
+    waited = time.monotonic() - started
+    stop.set()
+    assert job.status == "queued"
+    assert waited >= 0.35, "the write did not wait for the other writer's lock"
+    assert await ticker < 0.15, "the loop stalled while the write waited"
+
+
+async def test_a_write_gives_up_after_the_busy_wait_and_leaves_nothing(
+    core: Any, other: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = await make_project(core, credits=10)
+    monkeypatch.setattr(engine, "SQLITE_BUSY_WAIT", 0.3)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(OperationalError, match="locked"):
+            await core.jobs.create(project, JobSpec(type="motion", input={}))
+    finally:
+        other.rollback()
+    assert await count_jobs(core) == 0
+    assert [r["reason"] for r in await ledger_rows(core)] == ["grant"]
+    job, _ = await core.jobs.create(project, JobSpec(type="motion", input={}))  # the connection is usable
+    assert job.status == "queued"
+
+
+async def test_checkpoints_keep_the_wal_from_growing(core: Any, path: Path) -> None:
+    project = await make_project(core, billing=False)
+    wal = Path(f"{path}-wal")
+    for i in range(1500):
+        await core.jobs.create(project, JobSpec(type="motion", input={"i": i}))
+        if i % 100 == 0:
+            await asyncio.sleep(0)  # let a finished checkpoint's thread report back
+    # Without checkpoints 1,500 creates leave every page they wrote in the WAL; with them the
+    # WAL is rewritten from its start after each one.
+    with sqlite3.connect(path) as conn:
+        page = conn.execute("PRAGMA page_size").fetchone()[0]
+    written = 1500 * 3 * page  # at least the job, its event and an index page per create
+    size = await asyncio.to_thread(os.path.getsize, wal)
+    assert size < written / 2, (size, written)
