@@ -12,6 +12,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import RowMapping
+
 from genloom.clock import Clock, ms
 from genloom.errors import InvalidInput, InvalidTransition, NotFound
 from genloom.store.engine import Database
@@ -104,8 +106,10 @@ class Deliveries:
         delivery = await self.get(project_id, delivery_id)
         if delivery.endpoint_id is not None:
             await self._require_enabled(project_id, delivery.endpoint_id)
-        await self._replay(project_id, delivery_id=delivery_id)
-        return await self.get(project_id, delivery_id)
+        rows = await self._replay(project_id, delivery_id=delivery_id)
+        if not rows:
+            raise NotFound("no such webhook delivery", delivery_id=delivery_id)
+        return Delivery.from_row(rows[0])  # as replayed: a dispatcher may already be sending it
 
     async def replay_range(
         self, project_id: str, endpoint_id: str, *, since: int, until: int,
@@ -119,8 +123,8 @@ class Deliveries:
         if until <= since:
             raise InvalidInput("until must be after since")
         await self._require_enabled(project_id, endpoint_id)
-        return await self._replay(project_id, endpoint_id=endpoint_id, since=since, until=until,
-                                  statuses=sorted(statuses))
+        return len(await self._replay(project_id, endpoint_id=endpoint_id, since=since, until=until,
+                                      statuses=sorted(statuses)))
 
     async def _require_enabled(self, project_id: str, endpoint_id: str) -> None:
         async with self.db.read() as conn:
@@ -131,11 +135,12 @@ class Deliveries:
             raise InvalidTransition("the endpoint is disabled: enable it before replaying",
                                     endpoint_id=endpoint_id, reason=row["disabled_reason"])
 
-    async def _replay(self, project_id: str, **where: Any) -> int:
+    async def _replay(self, project_id: str, **where: Any) -> builtins.list[RowMapping]:
+        """The replayed deliveries' rows, as the replay left them."""
         async with self.db.tx() as conn:
-            n = len((await conn.execute(q.replay_deliveries(project_id, ms(self.clock.now()), **where))).all())
-            if n:
+            rows = (await conn.execute(q.replay_deliveries(project_id, ms(self.clock.now()), **where))).mappings().all()
+            if rows:
                 await outbox.announce(conn, self.db.is_postgres)
-        if n:
+        if rows:
             outbox.wake(str(self.db.engine.url))
-        return n
+        return list(rows)

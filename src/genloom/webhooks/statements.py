@@ -205,7 +205,7 @@ def replay_deliveries(
         .where(*where)
         .values(status="pending", attempts=0, next_attempt_at=now, lease_owner=None, lease_expires_at=None,
                 updated_at=now)
-        .returning(_d.c.id)
+        .returning(*_d.c)
     )
 
 
