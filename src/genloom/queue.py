@@ -8,7 +8,7 @@ all its writes refused (LeaseLost).
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError
@@ -72,17 +72,21 @@ class Queue:
             stmt = q.claim_prepared(u.postgres, types is not None)
             rows = [dict(r) for r in (await u.conn.execute(stmt, params)).mappings().all()]
             stages: list[dict[str, Any]] = []
+            claimed: list[Job] = []
             for row in rows:
+                job = Job.from_row(row)
                 specs = [EventSpec(EventType.STARTED, data={"worker": worker_id})]
-                first = first_stage(Job.from_row(row)) if first_stage is not None else None
+                first = first_stage(job) if first_stage is not None else None
                 if first is not None:
                     row["stage"] = first.name
+                    job = replace(job, stage=first.name)
                     stages.append({"s_id": row["id"], "s_token": token, "s_stage": first.name})
                     specs += [first.event] if first.event is not None else []
                 u.add_events(row, specs, now)
+                claimed.append(job)
             if stages:
                 await u.conn.execute(q.set_first_stage(), stages)
-        return self._claimed(rows, worker_id)
+        return self._logged(claimed, worker_id)
 
     async def _claim_pg(
         self, conn: AsyncConnection, worker_id: str, params: dict[str, Any],
@@ -93,12 +97,12 @@ class Queue:
         token; should it fail, the jobs are still leased and each records its own stage start."""
         stmt = q.claim_started_pg("c_types" in params)
         result = await conn.execute(stmt, params | {"c_started": {"worker": worker_id}})
-        rows = [dict(r) for r in result.mappings().all()]
-        plan = [(row, first) for row in rows
-                if first_stage is not None and (first := first_stage(Job.from_row(row))) is not None
+        claimed = [Job.from_row(r) for r in result.mappings().all()]
+        plan = [(i, first) for i, job in enumerate(claimed)
+                if first_stage is not None and (first := first_stage(job)) is not None
                 and (first.event is None or first.event.type in _CLAIM_EVENTS)]
         if plan:
-            stages = {"s_ids": [r["id"] for r, _ in plan], "s_stages": [f.name for _, f in plan],
+            stages = {"s_ids": [claimed[i].id for i, _ in plan], "s_stages": [f.name for _, f in plan],
                       "s_events": [f.event.type.value if f.event else None for _, f in plan],
                       "s_token": params["c_token"], "s_now": params["c_now"]}
             try:
@@ -106,13 +110,12 @@ class Queue:
             except (DBAPIError, Unavailable) as exc:
                 log.warning("queue.first_stage_failed", worker=worker_id, error=str(exc))
                 written = set()
-            for row, first in plan:
-                if row["id"] in written:
-                    row["stage"] = first.name
-        return self._claimed(rows, worker_id)
+            for i, first in plan:
+                if claimed[i].id in written:
+                    claimed[i] = replace(claimed[i], stage=first.name)
+        return self._logged(claimed, worker_id)
 
-    def _claimed(self, rows: Sequence[dict[str, Any]], worker_id: str) -> list[Job]:
-        claimed = [Job.from_row(r) for r in rows]
+    def _logged(self, claimed: list[Job], worker_id: str) -> list[Job]:
         for job in claimed:
             log.info("job.transition", job_id=job.id, project_id=job.project_id, request_id=job.request_id,
                      from_status="queued", to_status="running", worker=worker_id, attempt=job.attempt)
