@@ -19,7 +19,7 @@ from genloom.config import Settings
 from genloom.jobs import JobSpec
 from genloom.runtime import open_core
 from genloom.store import engine
-from genloom.store.sqlite_writer import Checkpointer
+from genloom.store.sqlite_writer import Checkpointer, is_busy
 from tests.store.helpers import count_jobs, ledger_rows, make_project
 from tests.support import TestCatalog
 
@@ -104,3 +104,28 @@ async def test_checkpoints_keep_the_wal_from_growing(core: Any, path: Path) -> N
         page = conn.execute("PRAGMA page_size").fetchone()[0]
     size = await asyncio.to_thread(os.path.getsize, wal)
     assert size < 3 * Checkpointer.MAX_FRAMES * page, (size, page)
+
+
+async def test_a_relative_url_names_one_file_for_writes_and_reads(
+    path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write connection opens lazily: it must not resolve the path against a later cwd."""
+    monkeypatch.chdir(path.parent)
+    settings = Settings(database_url=f"sqlite:///{path.name}", data_dir=tmp_path / "data", _env_file=None)
+    c = await open_core(settings, TestCatalog())
+    try:
+        monkeypatch.chdir(tmp_path.parent)
+        project = await make_project(c, billing=False)
+        job, _ = await c.jobs.create(project, JobSpec(type="motion", input={}))
+        assert (await c.jobs.get(job.id)).id == job.id
+    finally:
+        await c.close()
+
+
+@pytest.mark.parametrize("code", [sqlite3.SQLITE_BUSY, 261, 517])  # BUSY, BUSY_RECOVERY, BUSY_SNAPSHOT
+def test_every_busy_code_is_waited_on(code: int) -> None:
+    exc = sqlite3.OperationalError("database is locked")
+    exc.sqlite_errorcode = code
+    assert is_busy(exc)
+    exc.sqlite_errorcode = 1555  # SQLITE_CONSTRAINT_PRIMARYKEY
+    assert not is_busy(exc)

@@ -75,12 +75,13 @@ class Database:
         if self.dialect == "sqlite":
             # One write connection per process, on the loop's thread (see sqlite_writer); reads
             # on aiosqlite's threads.
-            path = make_url(self.url).database or ""
-            self.engine = create_async_engine(self.url, pool_size=1, max_overflow=0,
-                                              async_creator=sqlite_writer.connector(path))
             self.reader = create_async_engine(self.url, pool_size=8, max_overflow=8)
             _sqlite_reader(self.reader)
-            self._checkpointer = sqlite_writer.Checkpointer(path, self._write_lock)
+            args, opts = self.reader.dialect.create_connect_args(make_url(self.url))
+            kwargs = dict(opts)
+            self.engine = create_async_engine(self.url, pool_size=1, max_overflow=0, async_creator=(
+                sqlite_writer.connector(args, kwargs, SQLITE_BUSY_WAIT)))
+            self._checkpointer = sqlite_writer.Checkpointer(args, kwargs, self._write_lock)
         else:
             # No pre-ping (a round trip per checkout): a connection the server dropped fails its
             # first statement as a disconnect, SQLAlchemy then discards the whole pool, and the

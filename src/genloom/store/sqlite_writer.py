@@ -22,6 +22,10 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
+from genloom.observability import get_logger
+
+log = get_logger(__name__)
+
 
 class Cursor:
     """An sqlite3 cursor behind aiosqlite's awaitable cursor methods."""
@@ -109,23 +113,30 @@ class Connection:
         self._conn.close()
 
 
-def connector(path: str) -> Callable[[], Awaitable[Connection]]:
-    """An ``async_creator`` for ``create_async_engine``: the connection in autocommit (genloom
-    issues BEGIN IMMEDIATE itself), WAL, no busy wait and no checkpoint on commit."""
+def connector(args: Sequence[Any], kwargs: dict[str, Any], busy_wait: float) -> Callable[[], Awaitable[Connection]]:
+    """An ``async_creator`` for ``create_async_engine``, opening what SQLAlchemy's own
+    ``create_connect_args`` names (absolute path, URI options): in autocommit (genloom issues
+    BEGIN IMMEDIATE itself), WAL, no checkpoint on commit. It is opened on a thread, where it may
+    wait up to ``busy_wait`` seconds for the switch to WAL; on the loop it never waits."""
 
-    async def connect() -> Connection:
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        for pragma in ("journal_mode=WAL", "busy_timeout=0", "synchronous=NORMAL", "wal_autocheckpoint=0"):
+    def open_() -> Connection:
+        conn = sqlite3.connect(*args, **(kwargs | {"isolation_level": None, "check_same_thread": False,
+                                                  "timeout": busy_wait}))
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "wal_autocheckpoint=0", "busy_timeout=0"):
             conn.execute(f"PRAGMA {pragma}")
         return Connection(conn)
+
+    async def connect() -> Connection:
+        return await asyncio.to_thread(open_)
 
     return connect
 
 
 def is_busy(exc: BaseException) -> bool:
-    """SQLITE_BUSY: another process holds the write lock."""
-    return isinstance(exc, sqlite3.OperationalError) and getattr(exc, "sqlite_errorcode", None) in (
-        sqlite3.SQLITE_BUSY, getattr(sqlite3, "SQLITE_BUSY_SNAPSHOT", -1))
+    """SQLITE_BUSY or one of its extended codes (recovery, snapshot, timeout): another connection
+    holds the lock, or is recovering the WAL after a crash."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.OperationalError) and code is not None and code & 0xFF == sqlite3.SQLITE_BUSY
 
 
 class Checkpointer:
@@ -143,40 +154,46 @@ class Checkpointer:
     EVERY_COMMITS = 100  # a create writes ~12 pages: about SQLite's own 1,000-page interval
     MAX_FRAMES = 2000  # ~8 MB of 4 KiB pages
 
-    def __init__(self, path: str, write_lock: asyncio.Lock) -> None:
-        self.path = path
+    def __init__(self, args: Sequence[Any], kwargs: dict[str, Any], write_lock: asyncio.Lock) -> None:
+        self.args, self.kwargs = args, kwargs | {"isolation_level": None, "check_same_thread": False}
         self.write_lock = write_lock
         self._conn: sqlite3.Connection | None = None
         self._running: asyncio.Task[None] | None = None
         self._commits = 0
         self._last = time.monotonic()
         self._behind = False
+        self._closed = False
 
     def committed(self) -> None:
         """Count a commit; start a checkpoint when one is due and none is running."""
         self._commits += 1
-        if self._running is not None and not self._running.done():
+        if self._closed or (self._running is not None and not self._running.done()):
             return
         if self._commits >= self.EVERY_COMMITS or time.monotonic() - self._last > 1.0:
             self._commits, self._last = 0, time.monotonic()
             self._running = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
-        if self._behind:
-            async with self.write_lock:
+        try:
+            if self._behind:
+                async with self.write_lock:
+                    frames = await asyncio.to_thread(self._checkpoint)
+            else:
                 frames = await asyncio.to_thread(self._checkpoint)
-        else:
-            frames = await asyncio.to_thread(self._checkpoint)
+        except sqlite3.Error as exc:  # the next commit tries again
+            log.warning("sqlite.checkpoint_failed", error=str(exc))
+            return
         self._behind = frames > self.MAX_FRAMES
 
     def _checkpoint(self) -> int:
         """One passive checkpoint; the frames in the WAL when it ran."""
         if self._conn is None:
-            self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._conn = sqlite3.connect(*self.args, **self.kwargs)
         _busy, frames, _copied = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         return int(frames)
 
     async def close(self) -> None:
+        self._closed = True
         if self._running is not None:
             await asyncio.gather(self._running, return_exceptions=True)
         if self._conn is not None:
