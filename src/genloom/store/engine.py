@@ -107,7 +107,7 @@ class Database:
     async def tx(self) -> AsyncIterator[AsyncConnection]:
         """One write transaction; committed on exit, rolled back on error."""
         try:
-            if self._checkpointer is not None:
+            if self.dialect == "sqlite":
                 async with self._sqlite_tx() as conn:
                     yield conn
             else:

@@ -17,6 +17,7 @@ long listing must not stall the loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -120,8 +121,7 @@ def connector(args: Sequence[Any], kwargs: dict[str, Any], busy_wait: float) -> 
     wait up to ``busy_wait`` seconds for the switch to WAL; on the loop it never waits."""
 
     def open_() -> Connection:
-        conn = sqlite3.connect(*args, **(kwargs | {"isolation_level": None, "check_same_thread": False,
-                                                  "timeout": busy_wait}))
+        conn = _open(args, kwargs, timeout=busy_wait)
         for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "wal_autocheckpoint=0", "busy_timeout=0"):
             conn.execute(f"PRAGMA {pragma}")
         return Connection(conn)
@@ -130,6 +130,13 @@ def connector(args: Sequence[Any], kwargs: dict[str, Any], busy_wait: float) -> 
         return await asyncio.to_thread(open_)
 
     return connect
+
+
+def _open(args: Sequence[Any], kwargs: dict[str, Any], **extra: Any) -> sqlite3.Connection:
+    """An sqlite3 connection to the engine's database, in autocommit, usable from any thread."""
+    conn: sqlite3.Connection = sqlite3.connect(
+        *args, **(kwargs | {"isolation_level": None, "check_same_thread": False} | extra))
+    return conn
 
 
 def is_busy(exc: BaseException) -> bool:
@@ -155,7 +162,7 @@ class Checkpointer:
     MAX_FRAMES = 2000  # ~8 MB of 4 KiB pages
 
     def __init__(self, args: Sequence[Any], kwargs: dict[str, Any], write_lock: asyncio.Lock) -> None:
-        self.args, self.kwargs = args, kwargs | {"isolation_level": None, "check_same_thread": False}
+        self.args, self.kwargs = args, kwargs
         self.write_lock = write_lock
         self._conn: sqlite3.Connection | None = None
         self._running: asyncio.Task[None] | None = None
@@ -175,10 +182,7 @@ class Checkpointer:
 
     async def _run(self) -> None:
         try:
-            if self._behind:
-                async with self.write_lock:
-                    frames = await asyncio.to_thread(self._checkpoint)
-            else:
+            async with self.write_lock if self._behind else contextlib.nullcontext():
                 frames = await asyncio.to_thread(self._checkpoint)
         except sqlite3.Error as exc:  # the next commit tries again
             log.warning("sqlite.checkpoint_failed", error=str(exc))
@@ -188,7 +192,7 @@ class Checkpointer:
     def _checkpoint(self) -> int:
         """One passive checkpoint; the frames in the WAL when it ran."""
         if self._conn is None:
-            self._conn = sqlite3.connect(*self.args, **self.kwargs)
+            self._conn = _open(self.args, self.kwargs)
         _busy, frames, _copied = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         return int(frames)
 
