@@ -7,6 +7,7 @@ together. Two racing writers never both win; the loser gets the typed error.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -64,6 +65,17 @@ class JobSpec:
         """What an idempotent repeat must match."""
         return {"type": self.type, "mode": self.mode, "input": self.input, "priority": self.priority,
                 "webhook_url": self.webhook_url}
+
+
+@dataclass(frozen=True)
+class Finish:
+    """One completion for ``Jobs.finish_many``: the job, the lease that runs it, its output
+    columns (``result_key``, ``result``) and the events to write before ``completed``."""
+
+    job_id: str
+    lease_token: str | None
+    values: dict[str, Any]
+    events: tuple[EventSpec, ...] = ()
 
 
 class Jobs:
@@ -220,45 +232,78 @@ class Jobs:
     ) -> Job:
         """Complete a running job, unless a cancel was requested meanwhile: then the result is
         discarded and the job ends cancelled. ``provider_ref`` (a callback, no lease) must match."""
-        if self.db.is_postgres and lease_token is not None and provider_ref is None:
-            done = await self._finish_quiet(job_id, lease_token, values, events)
-            if done is not None:
-                return done
+        if lease_token is not None and provider_ref is None:
+            done = (await self.finish_many([Finish(job_id, lease_token, values, tuple(events))]))[0]
+            if isinstance(done, Exception):
+                raise done
+            return done
         async with unit(self.db, self.notifier) as u:
-            row = await self.lock(u, job_id)
-            if provider_ref is not None and (row["provider_ref"] != provider_ref or row["lease_token"]):
-                raise InvalidTransition("the job is no longer waiting on this prediction", job_id=job_id)
-            if row["cancel_requested"] and row["status"] == Status.RUNNING:
-                return await self.apply(u, row, Status.CANCELLED, lease_token=lease_token,
-                                        error_code="cancelled", error_message=row["error_message"] or CANCEL_MESSAGE)
-            return await self.apply(u, row, Status.COMPLETED, lease_token=lease_token, events=events,
-                                    values=values | _COMPLETED)
+            return await self._finish_in(u, Finish(job_id, lease_token, values, tuple(events)), provider_ref)
 
-    async def _finish_quiet(
-        self, job_id: str, lease_token: str, values: dict[str, Any], events: Sequence[EventSpec],
-    ) -> Job | None:
-        """PostgreSQL: a worker's completion in one statement (``finish_quiet_pg``), or None when
-        it did not apply (a cancel request, a webhook owed, a lost lease): ``finish`` then runs
-        the transaction that handles each of those."""
-        now = self._now()
-        specs = [*events, EventSpec(EventType.COMPLETED)]
-        # what apply() would set for this transition
-        sets = _entering(Status.COMPLETED, now) | values | _COMPLETED | {"status": Status.COMPLETED.value,
-                                                                          "updated_at": now}
-        params = {f"f_{k}": v for k, v in sets.items()} | {
-            "f_id": job_id, "f_token": lease_token,
-            "e_types": [e.type.value for e in specs], "e_stages": [e.stage for e in specs],
-            "e_latency": [e.latency_ms for e in specs], "e_codes": [e.error_code for e in specs],
-            "e_msgs": [e.error_msg for e in specs], "e_data": [json.dumps(e.data) for e in specs]}
+    async def finish_many(self, finishes: Sequence[Finish]) -> Sequence[Job | InvalidTransition | NotFound]:
+        """Workers' completions of many jobs in one commit (on PostgreSQL one statement for the
+        jobs that owe no webhook delivery, then one transaction for the rest). Each answer is the
+        job as written (cancelled when a cancel was requested meanwhile) or the error that
+        refused it (a lost lease): one job's refusal never holds back the others."""
+        out: dict[int, Job | InvalidTransition | NotFound] = {}
+        if self.db.is_postgres and finishes:
+            out |= await self._finish_quiet(finishes)
+        rest = sorted((i for i in range(len(finishes)) if i not in out), key=lambda i: finishes[i].job_id)
+        if rest:  # row locks taken in id order: two batches never wait on each other in a cycle
+            now = self._now()
+            async with unit(self.db, self.notifier) as u:
+                for i in rest:
+                    f = finishes[i]
+                    if not set(f.values) - _RESULT:  # the common case: one prepared statement
+                        params = {"f_id": f.job_id, "f_token": f.lease_token, "f_now": now,
+                                  "f_result_key": f.values.get("result_key"), "f_result": f.values.get("result")}
+                        row = (await u.conn.execute(q.finish_prepared(), params)).mappings().first()
+                        if row is not None:
+                            out[i] = job = Job.from_row(row)
+                            u.add_events(row, [*f.events, EventSpec(EventType.COMPLETED)], now)
+                            u.after_commit.append(functools.partial(
+                                self._logged, job, Status.RUNNING, Status.COMPLETED, None))
+                            continue
+                    try:  # a cancel request, a lost lease: the checked path says which
+                        out[i] = await self._finish_in(u, f)
+                    except (InvalidTransition, NotFound) as exc:  # raised before it wrote anything
+                        out[i] = exc
+        return [out[i] for i in range(len(finishes))]
+
+    async def _finish_in(self, u: Unit, f: Finish, provider_ref: str | None = None) -> Job:
+        row = await self.lock(u, f.job_id)
+        if provider_ref is not None and (row["provider_ref"] != provider_ref or row["lease_token"]):
+            raise InvalidTransition("the job is no longer waiting on this prediction", job_id=f.job_id)
+        if row["cancel_requested"] and row["status"] == Status.RUNNING:
+            return await self.apply(u, row, Status.CANCELLED, lease_token=f.lease_token,
+                                    error_code="cancelled", error_message=row["error_message"] or CANCEL_MESSAGE)
+        return await self.apply(u, row, Status.COMPLETED, lease_token=f.lease_token, events=f.events,
+                                values=f.values | _COMPLETED)
+
+    async def _finish_quiet(self, finishes: Sequence[Finish]) -> dict[int, Job]:
+        """PostgreSQL: the completions ``finish_quiet_pg`` can write in one statement, by index;
+        the others (a cancel request, a webhook owed, a lost lease) are left out."""
+        if any(set(f.values) - _RESULT for f in finishes):
+            return {}
+        specs = [(f.job_id, e) for f in finishes for e in (*f.events, EventSpec(EventType.COMPLETED))]
+        params = {
+            "f_ids": [f.job_id for f in finishes], "f_tokens": [f.lease_token for f in finishes],
+            "f_result_keys": [f.values.get("result_key") for f in finishes],
+            "f_results": [None if f.values.get("result") is None else json.dumps(f.values["result"])
+                          for f in finishes],
+            "f_now": self._now(),
+            "e_ids": [j for j, _ in specs], "e_types": [e.type.value for _, e in specs],
+            "e_stages": [e.stage for _, e in specs], "e_latency": [e.latency_ms for _, e in specs],
+            "e_codes": [e.error_code for _, e in specs], "e_msgs": [e.error_msg for _, e in specs],
+            "e_data": [json.dumps(e.data) for _, e in specs]}
         async with self.db.autocommit() as conn:
-            if await outbox.interested(conn, [e.type for e in events]):
-                return None
-            row = (await conn.execute(q.finish_quiet_pg(tuple(sets)), params)).mappings().first()
-        if row is None:
-            return None
-        job = Job.from_row(row)
-        self._logged(job, Status.RUNNING, Status.COMPLETED, None)
-        return job
+            if await outbox.interested(conn, {e.type for _, e in specs}):
+                return {}
+            rows = (await conn.execute(q.finish_quiet_pg(), params)).mappings().all()
+        done = {str(r["id"]): Job.from_row(r) for r in rows}
+        for job in done.values():
+            self._logged(job, Status.RUNNING, Status.COMPLETED, None)
+        return {i: done[f.job_id] for i, f in enumerate(finishes) if f.job_id in done}
 
     async def lock(self, u: Unit, job_id: str, project_id: str | None = None) -> dict[str, Any]:
         row = (await u.conn.execute(q.lock_job(job_id, u.postgres))).mappings().first()
@@ -371,6 +416,7 @@ class Jobs:
 
 #: What a completion sets besides the result, however it is written.
 _COMPLETED: dict[str, Any] = {"progress": 1.0, "error_code": None, "error_message": None}
+_RESULT = frozenset({"result_key", "result"})  # the output columns finish_quiet_pg writes
 
 
 def _entering(to: Status, now: int) -> dict[str, Any]:

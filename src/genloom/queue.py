@@ -16,8 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from genloom.clock import Clock, ms
 from genloom.errors import InvalidTransition, LeaseLost, Unavailable
+from genloom.group_commit import GroupCommit
 from genloom.ids import new_lease_token
-from genloom.jobs import Jobs
+from genloom.jobs import Finish, Jobs
 from genloom.lifecycle import EventType, Status
 from genloom.models import EventSpec, Job
 from genloom.observability import get_logger
@@ -47,6 +48,9 @@ class Queue:
         self.db, self.notifier = jobs.db, jobs.notifier
         self.clock = clock
         self.lease_ms = int(lease_seconds * 1000)
+        self._finishes: GroupCommit[Finish, Job] = GroupCommit(
+            jobs.finish_many, shared=lambda exc: isinstance(exc, Unavailable)
+        )
 
     def _now(self) -> int:
         return ms(self.clock.now())
@@ -149,8 +153,10 @@ class Queue:
         self, job: Job, *, result_key: str | None = None, result: dict[str, Any] | None = None,
         events: Sequence[EventSpec] = (),
     ) -> Job:
-        return await self.jobs.finish(
-            job.id, lease_token=job.lease_token, events=events, values={"result_key": result_key, "result": result}
+        """Finish a job the caller holds (cancelled instead when a cancel was requested); the
+        completions of this process's jobs that end together are written in one commit."""
+        return await self._finishes.submit(
+            Finish(job.id, job.lease_token, {"result_key": result_key, "result": result}, tuple(events))
         )
 
     async def complete_many(self, jobs: Sequence[Job]) -> list[Job]:

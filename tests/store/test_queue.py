@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import re
+from dataclasses import replace
 from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import text, update
+from sqlalchemy import select, text, update
 from sqlalchemy.dialects import postgresql
 
 from genloom.clock import ms
@@ -22,6 +23,7 @@ from genloom.retry import Decision
 from genloom.runtime import open_core
 from genloom.store import statements as q
 from genloom.store.schema import jobs as jobs_table
+from genloom.store.schema import webhook_deliveries
 from tests.store.helpers import (
     all_job_rows,
     claim_exactly,
@@ -284,6 +286,51 @@ async def test_complete_many_honours_a_cancel_request(core: Any) -> None:
     assert (await job_row(core, claimed[0].id))["status"] == "cancelled"
     assert (await job_row(core, claimed[1].id))["status"] == "completed"
     assert await core.credits.balance(project.id, "") == 1
+
+
+async def test_completions_that_end_together_share_one_commit(core: Any) -> None:
+    """Queue.complete from many tasks at once (a worker's batch ending together): each job gets
+    its own answer: completed with its result and events, cancelled when a cancel was requested
+    (refunded, result discarded), LeaseLost for a stale lease; a webhook-owed job completes with
+    its delivery. On PostgreSQL the quiet completions are one statement: one transaction id."""
+    project = await make_project(core, credits=10)
+    for i in range(5):
+        await create(core, project, input={"i": i})
+    await create(core, project, input={"i": "hook"}, webhook_url="https://example.com/hook")
+    claimed = {j.input["i"]: j for j in await core.queue.claim("w", limit=6)}
+    await core.jobs.cancel(claimed[1].id)
+    stale = replace(claimed[2], lease_token="stale-token")
+    stage_done = EventSpec(EventType.STAGE_COMPLETED, stage="render", latency_ms=5)
+    order = [claimed[0], claimed[1], stale, claimed[3], claimed[4], claimed["hook"]]
+    answers = await asyncio.gather(
+        *(core.queue.complete(j, result_key=f"k{n}", result={"n": n}, events=[stage_done])
+          for n, j in enumerate(order)),
+        return_exceptions=True,
+    )
+    assert isinstance(answers[2], LeaseLost)
+    assert (await job_row(core, stale.id))["status"] == "running"
+    assert [e["type"] for e in await event_rows(core, stale.id)] == ["queued", "started"]
+    cancelled = await job_row(core, claimed[1].id)
+    assert (cancelled["status"], cancelled["result_key"]) == ("cancelled", None)
+    assert [e["type"] for e in await event_rows(core, claimed[1].id)] == ["queued", "started", "cancel_requested",
+                                                                          "cancelled"]
+    for n in (0, 3, 4, 5):
+        job = answers[n]
+        assert not isinstance(job, BaseException)
+        row = await job_row(core, job.id)
+        assert (row["status"], row["result_key"], row["result"]) == ("completed", f"k{n}", {"n": n})
+        assert (job.status, job.result_key, job.lease_token) == (Status.COMPLETED, f"k{n}", None)
+        events = await event_rows(core, job.id)
+        assert [e["type"] for e in events] == ["queued", "started", "stage_completed", "completed"]
+        assert (events[2]["stage"], events[2]["latency_ms"]) == ("render", 5)
+    async with core.db.read() as conn:
+        owed = (await conn.execute(select(webhook_deliveries.c.job_id))).scalars().all()
+    assert owed == [claimed["hook"].id]
+    assert await core.credits.balance(project.id, "") == 10 - 6 + 1  # the cancelled job's refund
+    if core.db.is_postgres:
+        quiet = [answers[n].id for n in (0, 3, 4)]  # type: ignore[union-attr]
+        txs = {e["tx"] for j in quiet for e in await event_rows(core, j) if e["type"] == "completed"}
+        assert len(txs) == 1
 
 
 async def test_claim_never_takes_a_running_or_terminal_job(core: Any) -> None:

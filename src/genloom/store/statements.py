@@ -38,7 +38,6 @@ from sqlalchemy import (
     or_,
     select,
     text,
-    true,
     tuple_,
     update,
 )
@@ -304,33 +303,64 @@ def _quiet() -> ColumnElement[bool]:
     return and_(jobs.c.webhook_url.is_(None), ~endpoint)
 
 
+def _finished(now: Any, result_key: Any, result: Any) -> dict[str, Any]:
+    """What completing a job sets (``Jobs.apply`` for ``completed``, written out)."""
+    return {"status": Status.COMPLETED.value, "completed_at": now, "updated_at": now, "progress": 1.0,
+            "stage": None, "lease_owner": None, "lease_token": None, "lease_expires_at": None,
+            "error_code": None, "error_message": None, "result_key": result_key, "result": result}
+
+
 @functools.cache
-def finish_quiet_pg(columns: tuple[str, ...]) -> Select[Any]:
-    """A worker's completion of one job with its events (the stage's pending ones, then
-    ``completed``) in one statement: ``f_<column>`` for ``columns``, fenced by ``f_id`` and
-    ``f_token``; the events as arrays ``e_types``, ``e_stages``, ``e_latency``, ``e_codes``,
-    ``e_msgs``, ``e_data`` (JSON text), written in that order, stamped ``f_updated_at``. It matches
-    nothing, and writes nothing, for a job with a cancel request or one owed a webhook delivery:
-    the caller's transaction handles those."""
-    done = (
+def finish_prepared() -> Update:
+    """A worker's completion of one job (``f_id``, fenced by ``f_token``; ``f_result_key``,
+    ``f_result``, ``f_now``) inside the caller's transaction, which writes its events. Built
+    once. It matches nothing for a job with a cancel request or a lost lease."""
+    now = bindparam("f_now", type_=BigInteger)
+    return (
         update(jobs)
         .where(jobs.c.id == bindparam("f_id"), jobs.c.lease_token == bindparam("f_token"),
-               jobs.c.status == Status.RUNNING.value, jobs.c.cancel_requested.is_(False), _quiet())
-        .values({c: bindparam(f"f_{c}", type_=jobs.c[c].type) for c in columns})
+               jobs.c.status == Status.RUNNING.value, jobs.c.cancel_requested.is_(False))
+        .values(_finished(now, bindparam("f_result_key", type_=String),
+                          bindparam("f_result", type_=jobs.c.result.type)))
+        .returning(*jobs.c)
+    )
+
+
+@functools.cache
+def finish_quiet_pg() -> Select[Any]:
+    """Workers' completions of many jobs, each with its events (the stage's pending ones, then
+    ``completed``), in one statement. The jobs as arrays ``f_ids``, ``f_tokens`` (each job fenced
+    by its lease token), ``f_result_keys``, ``f_results`` (JSON text); ``f_now`` stamps them. The
+    events as arrays ``e_ids`` (the job each is for), ``e_types``, ``e_stages``, ``e_latency``,
+    ``e_codes``, ``e_msgs``, ``e_data`` (JSON text), written in array order. A job with a cancel
+    request, one owed a webhook delivery, or one whose lease is gone matches nothing and gets no
+    events: the caller's transaction handles each of those."""
+    plan = select(
+        func.unnest(bindparam("f_ids", type_=ARRAY(String))).label("id"),
+        func.unnest(bindparam("f_tokens", type_=ARRAY(String))).label("token"),
+        func.unnest(bindparam("f_result_keys", type_=ARRAY(String))).label("result_key"),
+        func.unnest(bindparam("f_results", type_=ARRAY(Text))).label("result"),
+    ).cte("plan")
+    now = bindparam("f_now", type_=BigInteger)
+    done = (
+        update(jobs)
+        .where(jobs.c.id == plan.c.id, jobs.c.lease_token == plan.c.token, jobs.c.status == Status.RUNNING.value,
+               jobs.c.cancel_requested.is_(False), _quiet())
+        .values(_finished(now, plan.c.result_key, cast(plan.c.result, jobs.c.result.type)))
         .returning(*jobs.c)
         .cte("done")
     )
     specs = func.unnest(
+        bindparam("e_ids", type_=ARRAY(String)),
         bindparam("e_types", type_=ARRAY(String)), bindparam("e_stages", type_=ARRAY(String)),
         bindparam("e_latency", type_=ARRAY(Integer)), bindparam("e_codes", type_=ARRAY(String)),
         bindparam("e_msgs", type_=ARRAY(Text)), bindparam("e_data", type_=ARRAY(Text)),
-    ).table_valued("type", "stage", "latency_ms", "error_code", "error_msg", "data", with_ordinality="n"
+    ).table_valued("job_id", "type", "stage", "latency_ms", "error_code", "error_msg", "data", with_ordinality="n"
                    ).render_derived(name="spec")
     rows = (
-        select(done.c.id, done.c.project_id, specs.c.type, bindparam("f_updated_at", type_=BigInteger),
-               done.c.attempt, specs.c.stage, specs.c.latency_ms, specs.c.error_code, specs.c.error_msg,
-               done.c.request_id, cast(specs.c.data, JSON), _CURRENT_TX)
-        .select_from(done).join(specs, true())
+        select(done.c.id, done.c.project_id, specs.c.type, now, done.c.attempt, specs.c.stage, specs.c.latency_ms,
+               specs.c.error_code, specs.c.error_msg, done.c.request_id, cast(specs.c.data, JSON), _CURRENT_TX)
+        .select_from(done).join(specs, specs.c.job_id == done.c.id)
         .order_by(specs.c.n)
     )
     cols = ["job_id", "project_id", "type", "ts", "attempt", "stage", "latency_ms", "error_code", "error_msg",
