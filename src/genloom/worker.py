@@ -127,8 +127,9 @@ class Worker:
         self._slot.set()
 
     def _context(self, job: Job) -> StageContext:
-        workdir = Path(self.core.settings.data_dir) / "work" / job.id / f"a{job.attempt}"
-        return StageContext(job=job, queue=self.core.queue, services=self.services, workdir=workdir)
+        # flat (no per-job parent): removing it leaves nothing behind
+        workdir = Path(self.core.settings.data_dir) / "work" / f"{job.id}-a{job.attempt}"
+        return StageContext(job=job, queue=self.core.queue, services=self.services, workdir_path=workdir)
 
     async def _drain(self) -> None:
         """Give running jobs the grace period, then hand the rest back to the queue."""
@@ -228,8 +229,8 @@ class Worker:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-            if ctx.workdir.exists():
-                await asyncio.to_thread(shutil.rmtree, ctx.workdir, True)
+            if ctx.workdir_made:
+                await asyncio.to_thread(shutil.rmtree, ctx.workdir_path, True)
 
     async def _stage(self, ctx: StageContext, stage: Stage) -> None:
         """Run one stage: its start is written at once, its completion waits for the job's next
@@ -240,7 +241,6 @@ class Worker:
             self._started_by_claim.discard(ctx.job.id)
         else:
             await ctx.write({"stage": stage.name}, start)
-        ctx.workdir.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         await stage.run(ctx)
         latency = int((time.perf_counter() - t0) * 1000)

@@ -16,7 +16,8 @@ every 10 ms), first_ms (more sleep on the first attempt only), render (seconds o
 the loop that polls should_stop), gate (wait for ``Control.gate(name)``), fail ("transient" |
 "permanent", while attempt <= fail_attempts when given; code), probe (write an event carrying this
 process's pid), progress (reported at the end), result (merged into the job's result), deaf (the
-gate and sleep do not checkpoint: only the worker's checkpoints between stages can stop it).
+gate and sleep do not checkpoint: only the worker's checkpoints between stages can stop it), file
+(write this file in the attempt's workdir; its path goes in the result as ``file``).
 """
 
 from __future__ import annotations
@@ -84,6 +85,10 @@ def step(spec: dict[str, Any], control: Control | None) -> StageFn:
             await ctx.run_blocking(_render, float(spec["render"]), ctx.should_stop, stopped)
         if spec.get("progress") is not None:
             ctx.progress(float(spec["progress"]))
+        if spec.get("file"):
+            path = ctx.workdir / str(spec["file"])
+            path.write_text(name)
+            ctx.result["file"] = str(path)
         if spec.get("probe"):
             await ctx.emit(EventSpec(EventType.STAGE_COMPLETED, stage=f"{name}-probe", data={"pid": os.getpid()}))
         failing = spec.get("fail")

@@ -47,6 +47,36 @@ async def test_each_stage_kind_writes_its_events(app: App) -> None:
     assert all(e["attempt"] == 1 for e in events[1:])
 
 
+async def test_a_workdir_exists_only_for_stages_that_use_it_and_only_while_they_run(
+    app: App, control: Control,
+) -> None:
+    project = await default_project(app.core)
+    quiet = await submit(app.core, project, input={"stages": [{"name": "a"}, {"name": "b", "gate": "go"}]})
+    files = await submit(app.core, project, input={"stages": [{"name": "a", "file": "out.txt"},
+                                                              {"name": "b", "gate": "go"}]})
+    work = app.settings.data_dir / "work"
+
+    async def dirs() -> list[str]:
+        names = [p.name for p in work.iterdir()] if work.exists() else []
+        return sorted(n for n in names if n.startswith((quiet.id, files.id)))
+
+    async def at_the_gate() -> bool:
+        return all([(await job_row(app.core, j.id))["stage"] == "b" for j in (quiet, files)])
+
+    async with running(app):
+        await eventually(at_the_gate)
+        assert await dirs() == [f"{files.id}-a1"]
+        assert (work / f"{files.id}-a1" / "out.txt").read_text() == "a"
+        control.gate("go").set()
+        await wait_status(app.core, quiet.id, Status.COMPLETED)
+        await wait_status(app.core, files.id, Status.COMPLETED)
+
+        async def removed() -> bool:
+            return not await dirs()
+
+        await eventually(removed)
+
+
 async def test_a_failing_stage_of_each_kind_writes_its_failure(app: App) -> None:
     project = await default_project(app.core)
     jobs = {kind: await submit(app.core, project, input={"stages": [

@@ -96,7 +96,7 @@ async def test_the_prediction_id_is_stored_before_waiting_and_reused_after_a_cra
     job = await submit(rapp.core, project, "replicate_wait")
     # attempt 1: a worker claims the job, its stage submits ... and the process dies right there
     [claimed] = await rapp.core.queue.claim("w_doomed", limit=1)
-    ctx = StageContext(job=claimed, queue=rapp.core.queue, services=rapp.services, workdir=rapp.settings.data_dir)
+    ctx = StageContext(job=claimed, queue=rapp.core.queue, services=rapp.services, workdir_path=rapp.settings.data_dir)
     pred = await ctx.submit("replicate", MODEL, {"prompt": "x"})
     row = await job_row(rapp.core, job.id)
     assert (row["provider"], row["provider_ref"], row["status"]) == ("replicate", pred.id, "running")
@@ -117,7 +117,7 @@ async def test_a_submission_whose_lease_is_gone_is_cancelled_at_once(rapp: App, 
     job = await submit(rapp.core, project, "replicate_wait")
     [claimed] = await rapp.core.queue.claim("w_zombie", limit=1)
     await rapp.core.jobs.transition(job.id, Status.QUEUED)  # rescued while this worker was away
-    ctx = StageContext(job=claimed, queue=rapp.core.queue, services=rapp.services, workdir=rapp.settings.data_dir)
+    ctx = StageContext(job=claimed, queue=rapp.core.queue, services=rapp.services, workdir_path=rapp.settings.data_dir)
     with pytest.raises(LeaseLost):
         await ctx.submit("replicate", MODEL, {"prompt": "x"})
     assert fake.count("create") == 1 and len(fake.cancels) == 1  # nobody would ever wait on it

@@ -53,7 +53,8 @@ class StageContext:
     job: Job
     queue: Queue
     services: Services
-    workdir: Path
+    #: where this attempt's files go (``workdir``), removed when the attempt ends
+    workdir_path: Path
     artefacts: dict[str, Any] = field(default_factory=dict)
     result: dict[str, Any] = field(default_factory=dict)
     result_key: str | None = None
@@ -68,6 +69,20 @@ class StageContext:
     #: events the worker has not written yet (a stage's completion rides with the next write)
     pending: list[EventSpec] = field(default_factory=list)
     _progress: float = 0.0
+    _workdir_made: bool = False
+
+    @property
+    def workdir(self) -> Path:
+        """This attempt's scratch directory, made on first use: a stage that writes no files
+        costs no directories (three mkdirs and an rmtree a job, on the loop, added up)."""
+        if not self._workdir_made:
+            self.workdir_path.mkdir(parents=True, exist_ok=True)
+            self._workdir_made = True
+        return self.workdir_path
+
+    @property
+    def workdir_made(self) -> bool:
+        return self._workdir_made
 
     @property
     def input(self) -> dict[str, Any]:

@@ -98,7 +98,7 @@ async def _store_output(core: Core, services: Services, job: Job, pred: Predicti
     if held.cancel_requested:  # the result is discarded: finish ends it cancelled
         return await _through_outage(core, held, lambda: core.jobs.finish(
             job.id, lease_token=held.lease_token, values={})), True
-    workdir = Path(core.settings.data_dir) / "work" / job.id / f"settle-{secrets.token_hex(4)}"
+    workdir = Path(core.settings.data_dir) / "work" / f"{job.id}-settle-{secrets.token_hex(4)}"
     keep = asyncio.create_task(_heartbeats(core, held))
     try:
         try:
