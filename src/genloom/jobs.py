@@ -19,18 +19,20 @@ from genloom import credits, lifecycle
 from genloom.clock import Clock, ms
 from genloom.errors import (
     IdempotencyKeyReused,
+    InsufficientCredits,
     InvalidInput,
     InvalidTransition,
     LeaseLost,
     NotFound,
 )
+from genloom.group_commit import GroupCommit
 from genloom.ids import JobId, fingerprint, new_job_id
 from genloom.lifecycle import EventType, Status
 from genloom.models import EventSpec, Job, Project
 from genloom.notify import Notifier
 from genloom.observability import Metrics, get_logger
 from genloom.store import statements as q
-from genloom.store.engine import Database
+from genloom.store.engine import Database, db_wide
 from genloom.store.unit import Unit, unit
 from genloom.webhooks import outbox
 
@@ -86,6 +88,7 @@ class Jobs:
         self.db, self.notifier, self.clock, self.catalog = db, notifier, clock, catalog
         self.max_attempts = max_attempts
         self.metrics = metrics
+        self._inserts: GroupCommit[dict[str, Any], None] = GroupCommit(self._insert_many, shared=db_wide)
 
     def _now(self) -> int:
         return ms(self.clock.now())
@@ -150,11 +153,15 @@ class Jobs:
         cost = self.catalog.cost(spec.type, spec.mode)
         job_id = JobId(spec.job_id or new_job_id())
         billed = project.billing_enabled and cost > 0
-        if self.db.is_postgres and not (sync or spec.job_id or spec.idempotency_key):
-            # One statement (charge included): nothing to look up first, no duplicate to wait for.
+        values = self._row(job_id, project, spec, params_hash, request_id, now, sync, cost, billed)
+        keyless = not (spec.job_id or spec.idempotency_key)  # nothing to look up, no duplicate to wait on
+        if keyless and not self.db.is_postgres:
+            await self._inserts.submit(values)  # one commit with the creates that arrive alongside
+            return self._created(values, project, request_id, sync)
+        if keyless and not sync:
+            # PostgreSQL: one statement, charge included.
             async with self.db.autocommit() as conn:
                 if not await outbox.interested(conn, (EventType.QUEUED,)):
-                    values = self._row(job_id, project, spec, params_hash, request_id, now, sync, cost, billed)
                     params = {f"j_{k}": v for k, v in values.items()}
                     if not (await conn.execute(q.create_pg(tuple(values), billed), params)).first():
                         raise credits.insufficient(cost)
@@ -163,7 +170,6 @@ class Jobs:
             existing = await self._existing(u, project, spec, params_hash)
             if existing is not None:
                 return existing, False
-            values = self._row(job_id, project, spec, params_hash, request_id, now, sync, cost, billed)
             # The row goes in before the charge: a concurrent duplicate then waits on its unique
             # key (and finds this job) instead of being refused by a balance this job has spent.
             await u.conn.execute(q.insert_job(), values)
@@ -174,6 +180,30 @@ class Jobs:
             if not sync:
                 u.add_events(values, [EventSpec(EventType.QUEUED)], now, request_id)
         return self._created(values, project, request_id, sync)
+
+    async def _insert_many(self, rows: Sequence[dict[str, Any]]) -> Sequence[InsufficientCredits | None]:
+        """SQLite: key-less creates in one transaction: each charge (a refusal writes nothing and
+        is that create's answer), then the accepted rows in one insert, then their events."""
+        out: list[InsufficientCredits | None] = []
+        accepted: list[dict[str, Any]] = []
+        async with unit(self.db, self.notifier) as u:
+            for row in rows:
+                if row["charged"]:
+                    try:
+                        await credits.charge(u, project_id=row["project_id"], user_id=row["user_id"],
+                                             job_id=row["id"], round_=0, amount=row["cost"], now=row["created_at"])
+                    except InsufficientCredits as exc:
+                        out.append(exc)
+                        continue
+                accepted.append(row)
+                out.append(None)
+            if accepted:
+                await u.conn.execute(q.insert_job(), accepted)
+                u.jobs_ready = True
+                for row in accepted:
+                    if row["status"] == Status.QUEUED.value:
+                        u.add_events(row, [EventSpec(EventType.QUEUED)], row["created_at"], row["request_id"])
+        return out
 
     def _row(
         self, job_id: JobId, project: Project, spec: JobSpec, params_hash: str, request_id: str | None,

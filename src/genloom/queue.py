@@ -24,6 +24,7 @@ from genloom.models import EventSpec, Job
 from genloom.observability import get_logger
 from genloom.retry import Decision
 from genloom.store import statements as q
+from genloom.store.engine import db_wide
 from genloom.store.unit import unit
 from genloom.webhooks import outbox
 
@@ -48,9 +49,7 @@ class Queue:
         self.db, self.notifier = jobs.db, jobs.notifier
         self.clock = clock
         self.lease_ms = int(lease_seconds * 1000)
-        self._finishes: GroupCommit[Finish, Job] = GroupCommit(
-            jobs.finish_many, shared=lambda exc: isinstance(exc, Unavailable)
-        )
+        self._finishes: GroupCommit[Finish, Job] = GroupCommit(jobs.finish_many, shared=db_wide)
 
     def _now(self) -> int:
         return ms(self.clock.now())

@@ -14,6 +14,7 @@ from genloom.runtime import open_core
 from tests.store.helpers import (
     claim_exactly,
     count_jobs,
+    event_rows,
     in_state,
     job_row,
     ledger_rows,
@@ -77,6 +78,31 @@ async def test_hundred_concurrent_creates_against_ten_credits(core: Any) -> None
     assert await count_jobs(core) == 10
     assert await assert_books_balance(core, project.id) == 0
     assert len([r for r in await ledger_rows(core) if r["reason"] == "charge"]) == 10
+
+
+async def test_creates_arriving_together_are_charged_each_on_its_own_balance(core: Any) -> None:
+    """Creates that arrive together (one commit on SQLite): each accepted job has its charge and
+    its ``queued`` event, each refused one left nothing, and one user's empty balance never
+    refuses another user's job."""
+    project = await make_project(core, credits=2, user="a")
+    await core.credits.grant(project.id, "b", 1)
+    users = ["a", "b", "a", "b", "a", "c"]
+    results = await asyncio.gather(
+        *(core.jobs.create(project, JobSpec(type="noop", input={"i": i}, user=u)) for i, u in enumerate(users)),
+        return_exceptions=True,
+    )
+    ok, broke, other = split(results)
+    assert other == []
+    assert sorted(u for u, r in zip(users, results, strict=True) if isinstance(r, tuple)) == ["a", "a", "b"]
+    assert len(broke) == 3
+    for job, _ in ok:
+        assert summary(await ledger_rows(core, job.id)) == [("charge", 0, -1)]
+        assert [e["type"] for e in await event_rows(core, job.id)] == ["queued"]
+        assert (await job_row(core, job.id))["status"] == "queued"
+    assert await count_jobs(core) == 3
+    assert len(await event_rows(core)) == 3
+    for user in ("a", "b", "c"):
+        assert await assert_books_balance(core, project.id, user) == 0
 
 
 async def test_concurrent_creates_from_several_cores(core: Any, settings: Any) -> None:

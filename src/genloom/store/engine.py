@@ -176,6 +176,12 @@ async def _begin_immediate(conn: AsyncConnection) -> None:
         pause = min(pause * 2, 0.05)
 
 
+def db_wide(exc: Exception) -> bool:
+    """A failure of the database, not of one write's data (unreachable, locked, out of space):
+    a group commit answers every write of the batch with it instead of trying each alone."""
+    return isinstance(exc, (Unavailable, OperationalError))
+
+
 def _is_unreachable(exc: DBAPIError) -> bool:
     text = str(exc.orig).lower()
     return exc.connection_invalidated or any(
