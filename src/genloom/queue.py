@@ -7,15 +7,15 @@ all its writes refused (LeaseLost).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from genloom.clock import Clock, ms
-from genloom.errors import InvalidTransition, LeaseLost, Unavailable
+from genloom.errors import InvalidTransition, LeaseLost
 from genloom.group_commit import GroupCommit
 from genloom.ids import new_lease_token
 from genloom.jobs import Finish, Jobs
@@ -49,6 +49,8 @@ class Queue:
         self.db, self.notifier = jobs.db, jobs.notifier
         self.clock = clock
         self.lease_ms = int(lease_seconds * 1000)
+        # just-claimed jobs whose first stage's start is still being written (PostgreSQL)
+        self._starting: dict[str, tuple[asyncio.Task[set[str]], FirstStage]] = {}
         self._finishes: GroupCommit[Finish, Job] = GroupCommit(jobs.finish_many, shared=db_wide)
 
     def _now(self) -> int:
@@ -95,9 +97,9 @@ class Queue:
         self, conn: AsyncConnection, worker_id: str, params: dict[str, Any],
         first_stage: Callable[[Job], FirstStage | None] | None,
     ) -> list[Job]:
-        """The claim in two autocommitted statements, two round trips: the leases with their
-        ``started`` events, then the first stages with theirs. The second is fenced by the new
-        token; should it fail, the jobs are still leased and each records its own stage start."""
+        """The claim in one autocommitted statement (the leases with their ``started`` events);
+        the first stages with theirs are written by a second one that runs while those stages
+        start, and every later write of each job waits for it (``_after_start``)."""
         stmt = q.claim_started_pg("c_types" in params)
         result = await conn.execute(stmt, params | {"c_started": {"worker": worker_id}})
         claimed = [Job.from_row(r) for r in result.mappings().all()]
@@ -108,15 +110,31 @@ class Queue:
             stages = {"s_ids": [claimed[i].id for i, _ in plan], "s_stages": [f.name for _, f in plan],
                       "s_events": [f.event.type.value if f.event else None for _, f in plan],
                       "s_token": params["c_token"], "s_now": params["c_now"]}
-            try:
-                written = set((await conn.execute(q.start_stages_pg(), stages)).scalars().all())
-            except (DBAPIError, Unavailable) as exc:
-                log.warning("queue.first_stage_failed", worker=worker_id, error=str(exc))
-                written = set()
+            writing = asyncio.get_running_loop().create_task(self._start_stages(worker_id, stages))
             for i, first in plan:
-                if claimed[i].id in written:
-                    claimed[i] = replace(claimed[i], stage=first.name)
+                claimed[i] = replace(claimed[i], stage=first.name)
+                self._starting[claimed[i].id] = (writing, first)
         return self._logged(claimed, worker_id)
+
+    async def _start_stages(self, worker_id: str, stages: dict[str, Any]) -> set[str]:
+        """The first stages' write; the ids it recorded (none when it failed: each job then
+        records its own start before its next write)."""
+        try:
+            async with self.db.autocommit() as conn:
+                return set((await conn.execute(q.start_stages_pg(), stages)).scalars().all())
+        except Exception as exc:
+            log.warning("queue.first_stage_failed", worker=worker_id, error=str(exc))
+            return set()
+
+    async def _after_start(self, job: Job) -> None:
+        """Before any write of a just-claimed job: its first stage's start is in the log (the
+        claim's write has landed, or this writes it), so no event of the job overtakes it."""
+        pending = self._starting.pop(job.id, None)
+        if pending is None:
+            return
+        writing, first = pending
+        if job.id not in await asyncio.shield(writing):
+            await self.touch(job, values={"stage": first.name}, events=[first.event] if first.event else [])
 
     def _logged(self, claimed: list[Job], worker_id: str) -> list[Job]:
         for job in claimed:
@@ -139,6 +157,7 @@ class Queue:
     ) -> Job:
         """A fenced non-transition write (stage, progress, provider reference) plus its events."""
         assert job.lease_token is not None
+        await self._after_start(job)
         now = self._now()
         async with unit(self.db, self.notifier) as u:
             stmt = q.fenced_touch(job.id, job.lease_token, (values or {}) | {"updated_at": now})
@@ -154,6 +173,7 @@ class Queue:
     ) -> Job:
         """Finish a job the caller holds (cancelled instead when a cancel was requested); the
         completions of this process's jobs that end together are written in one commit."""
+        await self._after_start(job)
         return await self._finishes.submit(
             Finish(job.id, job.lease_token, {"result_key": result_key, "result": result}, tuple(events))
         )
@@ -193,6 +213,7 @@ class Queue:
 
     async def fail(self, job: Job, decision: Decision, message: str, events: Sequence[EventSpec] = ()) -> Job:
         """Requeue with backoff (a ``retry_scheduled`` event) or fail for good (refunded)."""
+        await self._after_start(job)
         if decision.retry:
             run_after = self._now() + int(decision.delay * 1000)
             retry = EventSpec(EventType.RETRY_SCHEDULED, error_code=decision.error_code, error_msg=message,
@@ -208,6 +229,7 @@ class Queue:
 
     async def release(self, job: Job, delay: float = 0.0) -> Job:
         """Hand a job back to the queue untouched (graceful shutdown): the attempt is not spent."""
+        await self._after_start(job)
         return await self.jobs.transition(
             job.id, Status.QUEUED, lease_token=job.lease_token,
             values={"attempt": max(0, job.attempt - 1), "run_after": self._now() + int(delay * 1000)},
@@ -215,6 +237,7 @@ class Queue:
 
     async def cancelled(self, job: Job, events: Sequence[EventSpec] = ()) -> Job:
         """The worker acknowledges a cancel request at a checkpoint."""
+        await self._after_start(job)
         return await self.jobs.transition(
             job.id, Status.CANCELLED, lease_token=job.lease_token, events=events,
             error_code="cancelled", error_message=job.error_message or "Job cancelled by user request",

@@ -127,12 +127,31 @@ async def test_a_claim_can_start_each_job_on_its_first_stage(core: Any) -> None:
               second.id: FirstStage("store", None)}
     claimed = await core.queue.claim("w_a", limit=2, first_stage=lambda job: starts[job.id])
     assert {j.id: j.stage for j in claimed} == {first.id: "vision", second.id: "store"}
-    for job in claimed:  # written by the claim's own transaction, and fenced by its lease
+    progress = EventSpec(EventType.STAGE_COMPLETED, stage="probe")
+    for job in claimed:  # the job's next write comes after its start (on PostgreSQL it may be in flight)
+        await core.queue.touch(job, values={"progress": 0.5}, events=[progress])
         assert (await job_row(core, job.id))["stage"] == job.stage
-        await core.queue.touch(job, values={"progress": 0.5})
     assert [(e["type"], e["stage"]) for e in await event_rows(core, first.id)] == [
-        ("queued", None), ("started", None), ("vision_started", "vision")]
-    assert [e["type"] for e in await event_rows(core, second.id)] == ["queued", "started"]
+        ("queued", None), ("started", None), ("vision_started", "vision"), ("stage_completed", "probe")]
+    assert [e["type"] for e in await event_rows(core, second.id)] == ["queued", "started", "stage_completed"]
+
+
+async def test_a_first_stage_the_claim_could_not_record_is_recorded_by_the_jobs_next_write(
+    core: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PostgreSQL writes a claim's first stages while they start; when that write fails (here
+    the database refuses the statement), each job's next write records its start first. (SQLite
+    records them in the claim's own transaction, which this statement is not part of.)"""
+    project = await make_project(core, billing=False)
+    job = await create(core, project)
+    start = FirstStage("vision", EventSpec(EventType.VISION_STARTED, stage="vision"))
+    monkeypatch.setattr(q, "start_stages_pg", lambda: text("SELECT 1 / 0"))
+    [claimed] = await core.queue.claim("w_a", limit=1, first_stage=lambda _: start)
+    await core.queue.touch(claimed, values={"progress": 0.5}, events=[EventSpec(EventType.STAGE_COMPLETED,
+                                                                                stage="vision")])
+    assert (await job_row(core, job.id))["stage"] == "vision"
+    assert [(e["type"], e["stage"]) for e in await event_rows(core, job.id)] == [
+        ("queued", None), ("started", None), ("vision_started", "vision"), ("stage_completed", "vision")]
 
 
 async def test_sync_jobs_are_created_pending_and_claimed_pending_to_running(core: Any) -> None:
