@@ -85,6 +85,7 @@ class Settings(BaseSettings):
     chat_api_key: SecretStr = SecretStr("")
     chat_model: str = "llama3.1"
 
+    db_pool_size: int = Field(10, ge=1)  # PostgreSQL: connections each of a process's two pools keeps
     auto_migrate: bool = True  # bring the schema to head on start (advisory-locked on PostgreSQL)
 
     # billing: the embedded default project is unmetered unless this is set

@@ -42,7 +42,7 @@ def pg_conninfo(db: Database) -> str:
 
 async def open_core(settings: Settings, catalog: Catalog, clock: Clock | None = None) -> Core:
     clock = clock or SystemClock()
-    db = Database(settings.db_url)
+    db = Database(settings.db_url, pool_size=settings.db_pool_size)
     notifier: Notifier = PgNotifier(pg_conninfo(db)) if db.is_postgres else Notifier()
     await notifier.start()
     metrics = Metrics()

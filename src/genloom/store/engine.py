@@ -86,9 +86,11 @@ class Database:
             # No pre-ping (a round trip per checkout): a connection the server dropped fails its
             # first statement as a disconnect, SQLAlchemy then discards the whole pool, and the
             # caller sees Unavailable (a 503 with Retry-After, or a worker's retry).
-            # Two pools (transactions; autocommit reads and one-statement writes), each keeping half
-            # of ``pool_size`` open: a process holds as many idle connections as with one pool.
-            kept, extra = max(1, pool_size // 2), pool_size
+            # Two pools (transactions; autocommit reads and one-statement writes), each keeping up to
+            # ``pool_size`` connections once opened and opening as many again for a burst (those are
+            # closed when returned). Kept any smaller, a steadily busy process opened and closed a
+            # connection (a PostgreSQL backend) per statement above the kept number.
+            kept, extra = pool_size, pool_size
             self.engine = create_async_engine(self.url, pool_size=kept, max_overflow=extra)
             # Each statement its own transaction, for reads and for the writes that are one
             # statement (data-modifying CTEs): one round trip where BEGIN, it and COMMIT (or the
