@@ -114,6 +114,7 @@ class Queue:
             for i, first in plan:
                 claimed[i] = replace(claimed[i], stage=first.name)
                 self._starting[claimed[i].id] = (writing, first)
+            writing.add_done_callback(self._started)
         return self._logged(claimed, worker_id)
 
     async def _start_stages(self, worker_id: str, stages: dict[str, Any]) -> set[str]:
@@ -125,6 +126,15 @@ class Queue:
         except Exception as exc:
             log.warning("queue.first_stage_failed", worker=worker_id, error=str(exc))
             return set()
+
+    def _started(self, writing: asyncio.Task[set[str]]) -> None:
+        """The jobs whose start that write recorded owe nothing more: forget them now, not at a
+        next write that a job whose lease is lost may never make."""
+        if writing.cancelled():
+            return
+        for job_id in writing.result():
+            if self._starting.get(job_id, (None,))[0] is writing:
+                del self._starting[job_id]
 
     async def _after_start(self, job: Job) -> None:
         """Before any write of a just-claimed job: its first stage's start is in the log (the
