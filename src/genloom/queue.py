@@ -63,8 +63,9 @@ class Queue:
         """Lease up to ``limit`` runnable jobs (highest priority, oldest first) to ``worker_id``.
 
         ``first_stage`` names the stage each job starts on (and its start event), written with the
-        claim (its transaction; on PostgreSQL a second statement right after): a returned job's
-        ``stage`` is set only when its start was recorded."""
+        claim (in its transaction on SQLite; on PostgreSQL by a second statement that runs while
+        the stages start and that the job's next write waits for): a returned job's ``stage`` is
+        set when its start is recorded, or will be before any later write of the job."""
         now = self._now()
         token = new_lease_token()
         params = q.claim_params(worker_id=worker_id, token=token, now=now, lease_until=now + self.lease_ms,
@@ -143,8 +144,15 @@ class Queue:
         if pending is None:
             return
         writing, first = pending
-        if job.id not in await asyncio.shield(writing):
+        if job.id in await asyncio.shield(writing):
+            return
+        try:
             await self.touch(job, values={"stage": first.name}, events=[first.event] if first.event else [])
+        except LeaseLost:
+            raise  # nothing of this attempt will be written any more
+        except BaseException:
+            self._starting[job.id] = pending  # the next write tries again
+            raise
 
     def _logged(self, claimed: list[Job], worker_id: str) -> list[Job]:
         for job in claimed:

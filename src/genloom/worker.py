@@ -92,7 +92,7 @@ class Worker:
             # woken early when the notifier's LISTEN connection is back (PostgreSQL)
             await self.core.notifier.wait_for_jobs(self.core.settings.poll_seconds)
             return []
-        # a claimed job comes back with a stage only when the claim recorded that stage's start
+        # a claimed job comes back with a stage only when the claim records that stage's start
         self._started_by_claim |= {job.id for job in jobs if job.stage is not None}
         for job in jobs:
             ctx = self._context(job)
