@@ -313,8 +313,8 @@ class Jobs:
     async def _finish_quiet(self, finishes: Sequence[Finish]) -> dict[int, Job]:
         """PostgreSQL: the completions ``finish_quiet_pg`` can write in one statement, by index;
         the others (a cancel request, a webhook owed, a lost lease) are left out."""
-        if any(set(f.values) - _RESULT for f in finishes):
-            return {}
+        if any(set(f.values) - _RESULT for f in finishes) or len({f.job_id for f in finishes}) < len(finishes):
+            return {}  # other columns, or one job twice (the transaction refuses the second)
         specs = [(f.job_id, e) for f in finishes for e in (*f.events, EventSpec(EventType.COMPLETED))]
         params = {
             "f_ids": [f.job_id for f in finishes], "f_tokens": [f.lease_token for f in finishes],

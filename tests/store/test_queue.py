@@ -352,6 +352,16 @@ async def test_completions_that_end_together_share_one_commit(core: Any) -> None
         assert len(txs) == 1
 
 
+async def test_one_job_completed_twice_at_once_is_completed_once(core: Any) -> None:
+    project = await make_project(core, billing=False)
+    await create(core, project)
+    [job] = await core.queue.claim("w", limit=1)
+    answers = await asyncio.gather(core.queue.complete(job, result_key="a"), core.queue.complete(job, result_key="b"),
+                                   return_exceptions=True)
+    assert sorted(type(a).__name__ for a in answers) == ["Job", "LeaseLost"]
+    assert [e["type"] for e in await event_rows(core, job.id)] == ["queued", "started", "completed"]
+
+
 async def test_claim_never_takes_a_running_or_terminal_job(core: Any) -> None:
     project = await make_project(core, credits=10)
     for s in (Status.RUNNING, Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.EXPIRED):
