@@ -71,12 +71,13 @@ class JobSpec:
 
 @dataclass(frozen=True)
 class Finish:
-    """One completion for ``Jobs.finish_many``: the job, the lease that runs it, its output
-    columns (``result_key``, ``result``) and the events to write before ``completed``."""
+    """One completion for ``Jobs.finish_many``: the job, the lease that runs it, its output and
+    the events to write before ``completed``."""
 
     job_id: str
     lease_token: str | None
-    values: dict[str, Any]
+    result_key: str | None = None
+    result: dict[str, Any] | None = None
     events: tuple[EventSpec, ...] = ()
 
 
@@ -257,18 +258,19 @@ class Jobs:
         return Job.from_row(row) if row is not None else None
 
     async def finish(
-        self, job_id: str, *, lease_token: str | None, values: dict[str, Any], events: Sequence[EventSpec] = (),
-        provider_ref: str | None = None,
+        self, job_id: str, *, lease_token: str | None, result_key: str | None = None,
+        result: dict[str, Any] | None = None, events: Sequence[EventSpec] = (), provider_ref: str | None = None,
     ) -> Job:
         """Complete a running job, unless a cancel was requested meanwhile: then the result is
         discarded and the job ends cancelled. ``provider_ref`` (a callback, no lease) must match."""
+        finish = Finish(job_id, lease_token, result_key, result, tuple(events))
         if lease_token is not None and provider_ref is None:
-            done = (await self.finish_many([Finish(job_id, lease_token, values, tuple(events))]))[0]
+            done = (await self.finish_many([finish]))[0]
             if isinstance(done, Exception):
                 raise done
             return done
         async with unit(self.db, self.notifier) as u:
-            return await self._finish_in(u, Finish(job_id, lease_token, values, tuple(events)), provider_ref)
+            return await self._finish_in(u, finish, provider_ref)
 
     async def finish_many(self, finishes: Sequence[Finish]) -> Sequence[Job | InvalidTransition | NotFound]:
         """Workers' completions of many jobs in one commit (on PostgreSQL one statement for the
@@ -284,16 +286,15 @@ class Jobs:
             async with unit(self.db, self.notifier) as u:
                 for i in rest:
                     f = finishes[i]
-                    if not set(f.values) - _RESULT:  # the common case: one prepared statement
-                        params = {"f_id": f.job_id, "f_token": f.lease_token, "f_now": now,
-                                  "f_result_key": f.values.get("result_key"), "f_result": f.values.get("result")}
-                        row = (await u.conn.execute(q.finish_prepared(), params)).mappings().first()
-                        if row is not None:
-                            out[i] = job = Job.from_row(row)
-                            u.add_events(row, [*f.events, EventSpec(EventType.COMPLETED)], now)
-                            u.after_commit.append(functools.partial(
-                                self._logged, job, Status.RUNNING, Status.COMPLETED, None))
-                            continue
+                    params = {"f_id": f.job_id, "f_token": f.lease_token, "f_now": now,
+                              "f_result_key": f.result_key, "f_result": f.result}
+                    row = (await u.conn.execute(q.finish_prepared(), params)).mappings().first()
+                    if row is not None:  # the common case: one prepared statement
+                        out[i] = job = Job.from_row(row)
+                        u.add_events(row, [*f.events, EventSpec(EventType.COMPLETED)], now)
+                        u.after_commit.append(functools.partial(
+                            self._logged, job, Status.RUNNING, Status.COMPLETED, None))
+                        continue
                     try:  # a cancel request, a lost lease: the checked path says which
                         out[i] = await self._finish_in(u, f)
                     except (InvalidTransition, NotFound) as exc:  # raised before it wrote anything
@@ -308,19 +309,18 @@ class Jobs:
             return await self.apply(u, row, Status.CANCELLED, lease_token=f.lease_token,
                                     error_code="cancelled", error_message=row["error_message"] or CANCEL_MESSAGE)
         return await self.apply(u, row, Status.COMPLETED, lease_token=f.lease_token, events=f.events,
-                                values=f.values | _COMPLETED)
+                                values={"result_key": f.result_key, "result": f.result} | _COMPLETED)
 
     async def _finish_quiet(self, finishes: Sequence[Finish]) -> dict[int, Job]:
         """PostgreSQL: the completions ``finish_quiet_pg`` can write in one statement, by index;
         the others (a cancel request, a webhook owed, a lost lease) are left out."""
-        if any(set(f.values) - _RESULT for f in finishes) or len({f.job_id for f in finishes}) < len(finishes):
-            return {}  # other columns, or one job twice (the transaction refuses the second)
+        if len({f.job_id for f in finishes}) < len(finishes):
+            return {}  # one job twice: the transaction completes the first and refuses the second
         specs = [(f.job_id, e) for f in finishes for e in (*f.events, EventSpec(EventType.COMPLETED))]
         params = {
             "f_ids": [f.job_id for f in finishes], "f_tokens": [f.lease_token for f in finishes],
-            "f_result_keys": [f.values.get("result_key") for f in finishes],
-            "f_results": [None if f.values.get("result") is None else json.dumps(f.values["result"])
-                          for f in finishes],
+            "f_result_keys": [f.result_key for f in finishes],
+            "f_results": [None if f.result is None else json.dumps(f.result) for f in finishes],
             "f_now": self._now(),
             "e_ids": [j for j, _ in specs], "e_types": [e.type.value for _, e in specs],
             "e_stages": [e.stage for _, e in specs], "e_latency": [e.latency_ms for _, e in specs],
@@ -446,7 +446,6 @@ class Jobs:
 
 #: What a completion sets besides the result, however it is written.
 _COMPLETED: dict[str, Any] = {"progress": 1.0, "error_code": None, "error_message": None}
-_RESULT = frozenset({"result_key", "result"})  # the output columns finish_quiet_pg writes
 
 
 def _entering(to: Status, now: int) -> dict[str, Any]:

@@ -193,7 +193,7 @@ class Queue:
         completions of this process's jobs that end together are written in one commit."""
         await self._after_start(job)
         return await self._finishes.submit(
-            Finish(job.id, job.lease_token, {"result_key": result_key, "result": result}, tuple(events))
+            Finish(job.id, job.lease_token, result_key, result, tuple(events))
         )
 
     async def complete_many(self, jobs: Sequence[Job]) -> list[Job]:
@@ -224,7 +224,7 @@ class Queue:
         for job in jobs:  # the rest: a cancel request (ends cancelled) or a lost lease (refused)
             if job.id not in finished:
                 try:
-                    done.append(await self.jobs.finish(job.id, lease_token=job.lease_token, values={}))
+                    done.append(await self.jobs.finish(job.id, lease_token=job.lease_token))
                 except InvalidTransition as exc:
                     log.warning("job.write_refused", job_id=job.id, reason=exc.code)
         return done

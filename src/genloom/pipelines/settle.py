@@ -97,7 +97,7 @@ async def _store_output(core: Core, services: Services, job: Job, pred: Predicti
         return await core.jobs.get(job.id), False
     if held.cancel_requested:  # the result is discarded: finish ends it cancelled
         return await _through_outage(core, held, lambda: core.jobs.finish(
-            job.id, lease_token=held.lease_token, values={})), True
+            job.id, lease_token=held.lease_token)), True
     workdir = Path(core.settings.data_dir) / "work" / f"{job.id}-settle-{secrets.token_hex(4)}"
     keep = asyncio.create_task(_heartbeats(core, held))
     try:
@@ -125,7 +125,7 @@ async def _store_output(core: Core, services: Services, job: Job, pred: Predicti
         # the output is stored: finish through a database outage rather than leave the lease to
         # run out (a rescue would spend an attempt and fetch it all again); heartbeats go on meanwhile
         done = await _through_outage(core, held, lambda: core.jobs.finish(
-            job.id, lease_token=held.lease_token, events=[event], values={"result_key": stored.key, "result": result}))
+            job.id, lease_token=held.lease_token, events=[event], result_key=stored.key, result=result))
     finally:
         keep.cancel()
     log.info("job.settled", job_id=job.id, status=done.status.value, ref=pred.id)

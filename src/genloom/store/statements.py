@@ -402,16 +402,7 @@ def _complete(leases: Any, now: Any) -> Update:
         update(jobs)
         .where(tuple_(jobs.c.id, jobs.c.lease_token).in_(leases), jobs.c.status == Status.RUNNING.value,
                jobs.c.cancel_requested.is_(False))
-        .values(
-            status=Status.COMPLETED.value,
-            completed_at=now,
-            updated_at=now,
-            progress=1.0,
-            stage=None,
-            lease_owner=None,
-            lease_token=None,
-            lease_expires_at=None,
-        )
+        .values(_finished(now, None, None))
         .returning(*jobs.c)
     )
 
