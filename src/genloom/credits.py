@@ -6,7 +6,9 @@ Each row moves the account's running balance in the same transaction; the condit
 
 from __future__ import annotations
 
-from typing import Any
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 from sqlalchemy.exc import IntegrityError
 
@@ -46,6 +48,45 @@ async def charge(u: Unit, *, project_id: str, user_id: str, job_id: str, round_:
         raise insufficient(amount)
     if not u.postgres:
         await u.conn.execute(q.insert_ledger(), entry | {"reason": "charge", "amount": -amount})
+
+
+class Charge(NamedTuple):
+    """One job's charge for a billing round."""
+
+    project_id: str
+    user_id: str
+    job_id: str
+    amount: int
+    now: int
+    round: int = 0
+
+
+async def charge_many(u: Unit, charges: Sequence[Charge]) -> list[bool]:
+    """Charges in the caller's write transaction, decided in order exactly as one ``charge``
+    after another would (each takes only if what is left covers it), in three statements whatever
+    their number: the balances read and locked once, then one debit per account and the ledger
+    entries. (SQLite's batched creates; PostgreSQL's creates charge inside their own statement.)"""
+    accounts = {(c.project_id, c.user_id) for c in charges}
+    left = {(p, user): int(b) for p, user, b in await u.conn.execute(q.select_balances(accounts))}
+    took: list[bool] = []
+    debits: dict[tuple[str, str], int] = defaultdict(int)
+    for c in charges:
+        key = (c.project_id, c.user_id)
+        ok = left.get(key, -1) >= c.amount
+        if ok:
+            left[key] -= c.amount
+            debits[key] += c.amount
+        took.append(ok)
+    if debits:
+        res = await u.conn.execute(q.debit_prepared(), [
+            {"b_project_id": p, "b_user_id": user, "b_amount": amount} for (p, user), amount in debits.items()])
+        if res.rowcount != len(debits):
+            raise RuntimeError("a credit balance changed while this transaction held the write lock")
+        await u.conn.execute(q.insert_ledger(), [
+            {"project_id": c.project_id, "user_id": c.user_id, "job_id": c.job_id, "round": c.round,
+             "created_at": c.now, "reason": "charge", "amount": -c.amount}
+            for c, ok in zip(charges, took, strict=True) if ok])
+    return took
 
 
 async def refund(u: Unit, job: dict[str, Any], now: int, note: str) -> None:

@@ -183,28 +183,21 @@ class Jobs:
         return self._created(values, project, request_id, sync)
 
     async def _insert_many(self, rows: Sequence[dict[str, Any]]) -> Sequence[InsufficientCredits | None]:
-        """SQLite: key-less creates in one transaction: each charge (a refusal writes nothing and
+        """SQLite: key-less creates in one transaction: their charges (a refusal writes nothing and
         is that create's answer), then the accepted rows in one insert, then their events."""
-        out: list[InsufficientCredits | None] = []
-        accepted: list[dict[str, Any]] = []
         async with unit(self.db, self.notifier) as u:
-            for row in rows:
-                if row["charged"]:
-                    try:
-                        await credits.charge(u, project_id=row["project_id"], user_id=row["user_id"],
-                                             job_id=row["id"], round_=0, amount=row["cost"], now=row["created_at"])
-                    except InsufficientCredits as exc:
-                        out.append(exc)
-                        continue
-                accepted.append(row)
-                out.append(None)
+            billed = [row for row in rows if row["charged"]]
+            took = dict(zip((row["id"] for row in billed), await credits.charge_many(u, [
+                credits.Charge(row["project_id"], row["user_id"], row["id"], row["cost"], row["created_at"])
+                for row in billed]), strict=True)) if billed else {}
+            accepted = [row for row in rows if took.get(row["id"], True)]
             if accepted:
                 await u.conn.execute(q.insert_job(), accepted)
                 u.jobs_ready = True
                 for row in accepted:
                     if row["status"] == Status.QUEUED.value:
                         u.add_events(row, [EventSpec(EventType.QUEUED)], row["created_at"], row["request_id"])
-        return out
+        return [None if took.get(row["id"], True) else credits.insufficient(row["cost"]) for row in rows]
 
     def _row(
         self, job_id: JobId, project: Project, spec: JobSpec, params_hash: str, request_id: str | None,

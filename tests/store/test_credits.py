@@ -7,10 +7,12 @@ from typing import Any
 
 import pytest
 
+from genloom import credits
 from genloom.errors import InsufficientCredits, InvalidTransition
 from genloom.jobs import JobSpec
 from genloom.lifecycle import Status
 from genloom.runtime import open_core
+from genloom.store.unit import unit
 from tests.store.helpers import (
     claim_exactly,
     count_jobs,
@@ -275,3 +277,20 @@ async def test_accounts_are_per_user(core: Any) -> None:
         await core.jobs.create(project, JobSpec(type="noop", input={}, user="bob"))
     assert await assert_books_balance(core, project.id, "alice") == 0
     assert await assert_books_balance(core, project.id, "bob") == 0
+
+
+async def test_charges_decided_together_take_in_order_as_the_balance_allows(core: Any) -> None:
+    """``charge_many``: a charge the remaining balance cannot cover is refused and the ones after
+    it still take if they fit; an account that does not exist refuses; each taken charge is one
+    ledger row and the balance moves by their sum."""
+    project = await make_project(core, credits=4, user="a")
+    await core.credits.grant(project.id, "b", 1)
+    charges = [credits.Charge(project.id, user, f"job_{i}", amount, 1) for i, (user, amount) in enumerate(
+        [("a", 3), ("a", 2), ("b", 1), ("a", 1), ("nobody", 1), ("b", 1)])]
+    async with unit(core.db, core.notifier) as u:
+        took = await credits.charge_many(u, charges)
+    assert took == [True, False, True, True, False, False]
+    assert await core.credits.balance(project.id, "a") == 0
+    assert await core.credits.balance(project.id, "b") == 0
+    rows = [r for r in await ledger_rows(core) if r["reason"] == "charge"]
+    assert sorted((r["job_id"], r["amount"]) for r in rows) == [("job_0", -3), ("job_2", -1), ("job_3", -1)]

@@ -594,6 +594,15 @@ def select_balance(project_id: str, user_id: str) -> Select[Any]:
     )
 
 
+def select_balances(accounts: Collection[tuple[str, str]]) -> Select[Any]:
+    """(project_id, user_id, balance) of each of these accounts that exists, locked until commit
+    (on SQLite the write transaction's lock already holds them)."""
+    c = credit_accounts.c
+    return (select(c.project_id, c.user_id, c.balance)
+            .where(tuple_(c.project_id, c.user_id).in_(sorted(accounts)))
+            .order_by(c.project_id, c.user_id).with_for_update())
+
+
 def ledger_sum(project_id: str, user_id: str) -> Select[Any]:
     return select(func.coalesce(func.sum(credit_ledger.c.amount), 0)).where(
         credit_ledger.c.project_id == project_id, credit_ledger.c.user_id == user_id
