@@ -414,10 +414,10 @@ async def test_two_workers_share_one_queue(core: Any, settings: Any, db_url: str
     assert [e["type"] for e in await event_rows(core, claimed[0])] == ["queued", "started", "completed"]
 
 
-def generic_plan(db_url: str, stmt: Any) -> list[tuple[str, str]]:
+def generic_plan(db_url: str, stmt: Any, params: dict[str, Any]) -> list[tuple[str, str]]:
     """(scan node, index or table) of PostgreSQL's *generic* plan for ``stmt`` as psycopg prepares
-    it (on its fifth use), so parameters are unknown to the planner."""
-    compiled = stmt.compile(dialect=postgresql.psycopg.dialect(), compile_kwargs={"render_postcompile": True})
+    it (on its fifth use), so parameters are unknown to the planner (``params`` only expand lists)."""
+    compiled = stmt.compile(dialect=postgresql.psycopg.dialect()).construct_expanded_state(params)
     names: list[str] = []
 
     def placeholder(m: re.Match[str]) -> str:
@@ -425,7 +425,7 @@ def generic_plan(db_url: str, stmt: Any) -> list[tuple[str, str]]:
             names.append(m.group(1))
         return f"${names.index(m.group(1)) + 1}"
 
-    sql = re.sub(r"%\((\w+)\)s", placeholder, str(compiled))
+    sql = re.sub(r"%\((\w+)\)s", placeholder, compiled.statement)
     found: list[tuple[str, str]] = []
 
     def walk(node: Any) -> None:
@@ -465,9 +465,9 @@ async def test_a_prepared_claim_keeps_the_claim_index(core: Any, db_url: str, ty
                          limit=16, types=types)
     # and the one PostgreSQL runs: that claim with its started events, in one statement
     params = q.claim_params(worker_id="w", token="t" * 24, now=10**9, lease_until=10**9 + 1, limit=16, types=types)
-    one_statement = q.claim_started_pg(types is not None).params(params | {"c_started": {"worker": "w"}})
-    for prepared in (stmt, one_statement):
-        found = generic_plan(db_url, prepared)
+    one_statement = q.claim_started_pg(types is not None)
+    for prepared, values in ((stmt, {}), (one_statement, params | {"c_started": {"worker": "w"}})):
+        found = generic_plan(db_url, prepared, values)
         assert ("Seq Scan", "jobs") not in found, found
         assert any(name == "ix_jobs_claim" for _, name in found), found
 
@@ -494,3 +494,41 @@ async def test_creates_and_claims_announce_themselves_to_other_processes(core: A
         assert await heard() == [(q.EVENTS_CHANNEL, job.id)] * 2  # the lease's statement, then the stage's
     assert [(e["type"], e["stage"]) for e in await event_rows(core, job.id)] == [
         ("queued", None), ("started", None), ("stage_started", "probe")]
+
+
+@pytest.mark.postgresql_only
+async def test_a_batch_announces_its_jobs_in_one_notification(core: Any, db_url: str) -> None:
+    """Every listening process reads every notification: a batch's claim and its completion each
+    send one naming all their jobs, not one per job."""
+    from tests.dbs import libpq
+
+    project = await make_project(core, billing=False)
+    made = {(await create(core, project)).id for _ in range(5)}
+    async with await psycopg.AsyncConnection.connect(libpq(db_url), autocommit=True) as listener:
+        await listener.execute(f"LISTEN {q.EVENTS_CHANNEL}")
+
+        async def heard() -> list[set[str]]:
+            return [set(n.payload.split(",")) async for n in listener.notifies(timeout=0.5)]
+
+        claimed = await core.queue.claim("w", limit=5)
+        assert await heard() == [made]
+        assert len(await core.queue.complete_many(claimed)) == 5
+        assert await heard() == [made]
+    for job_id in made:
+        assert [e["type"] for e in await event_rows(core, job_id)] == ["queued", "started", "completed"]
+
+
+@pytest.mark.postgresql_only
+async def test_a_batch_too_big_for_one_notification_announces_each_job(core: Any, db_url: str) -> None:
+    """A NOTIFY payload must stay under 8000 bytes: past that a batch notifies job by job
+    instead of failing its write."""
+    from tests.dbs import libpq
+
+    project = await make_project(core, billing=False)
+    made = {(await create(core, project)).id for _ in range(q.NOTIFY_PAYLOAD // 32 + 20)}
+    async with await psycopg.AsyncConnection.connect(libpq(db_url), autocommit=True) as listener:
+        await listener.execute(f"LISTEN {q.EVENTS_CHANNEL}")
+        claimed = await core.queue.claim("w", limit=len(made))
+        assert len(claimed) == len(made)
+        heard = [n.payload async for n in listener.notifies(timeout=0.5)]
+    assert sorted(heard) == sorted(made)

@@ -28,6 +28,7 @@ from sqlalchemy import (
     Update,
     and_,
     bindparam,
+    case,
     cast,
     delete,
     exists,
@@ -201,11 +202,20 @@ def _claim(postgres: bool, worker_id: Any, token: Any, now: Any, lease_until: An
 # NOTIFY their job as ``insert_events`` does; they are only written for rows the write matched,
 # and the row locks the write takes order them per job as a transaction would.
 
+NOTIFY_PAYLOAD = 7000  # bytes; PostgreSQL refuses a NOTIFY payload of 8000 or more
 _EVENT_COLUMNS = ["job_id", "project_id", "type", "ts", "attempt", "stage", "request_id", "data", "tx"]
 
 
-def _event_insert(source: Select[Any], *, jobs_ready: bool = False, cols: Sequence[str] = _EVENT_COLUMNS) -> Insert:
-    wakes = [func.pg_notify(EVENTS_CHANNEL, job_events.c.job_id)]
+def _event_insert(source: Select[Any], ids: ColumnElement[str], *, jobs_ready: bool = False,
+                  cols: Sequence[str] = _EVENT_COLUMNS) -> Insert:
+    """Insert ``source`` as events and wake their followers with one NOTIFY naming the jobs
+    ``ids`` (a column of the CTE the events are for): every row notifies the same payload, which
+    PostgreSQL folds into one. Every listening process reads each notification, and one per job
+    was every worker parsing the wake-ups of the whole cluster's jobs. More jobs than one payload
+    holds: a NOTIFY per job."""
+    together = select(func.string_agg(ids.distinct(), literal_column("','"))).scalar_subquery()
+    payload = case((func.octet_length(together) <= NOTIFY_PAYLOAD, together), else_=job_events.c.job_id)
+    wakes = [func.pg_notify(EVENTS_CHANNEL, payload)]
     if jobs_ready:
         wakes.append(func.pg_notify(JOBS_CHANNEL, literal_column("''")))
     return insert(job_events).from_select(list(cols), source).returning(*wakes)
@@ -218,7 +228,7 @@ def _one_event_each(written: CTE, type_: EventType, ts: ColumnElement[int], data
         written.c.id, written.c.project_id, literal(type_.value), ts, written.c.attempt, literal(None, String),
         written.c.request_id, literal({}, JSON) if data is None else data, _CURRENT_TX,
     )
-    return _event_insert(rows, jobs_ready=jobs_ready).cte(f"{type_.value}_events")
+    return _event_insert(rows, written.c.id, jobs_ready=jobs_ready).cte(f"{type_.value}_events")
 
 
 @functools.cache
@@ -253,7 +263,7 @@ def start_stages_pg() -> Select[Any]:
         set_stage.c.id, set_stage.c.project_id, set_stage.c.p_event, bindparam("s_now", type_=BigInteger),
         set_stage.c.attempt, set_stage.c.p_stage, set_stage.c.request_id, literal({}, JSON), _CURRENT_TX,
     ).where(set_stage.c.p_event.is_not(None))
-    return select(set_stage.c.id).add_cte(_event_insert(starts).cte("stage_events"))
+    return select(set_stage.c.id).add_cte(_event_insert(starts, set_stage.c.id).cte("stage_events"))
 
 
 @functools.cache
@@ -365,7 +375,7 @@ def finish_quiet_pg() -> Select[Any]:
     )
     cols = ["job_id", "project_id", "type", "ts", "attempt", "stage", "latency_ms", "error_code", "error_msg",
             "request_id", "data", "tx"]
-    return select(done).add_cte(_event_insert(rows, cols=cols).cte("finish_events"))
+    return select(done).add_cte(_event_insert(rows, done.c.id, cols=cols).cte("finish_events"))
 
 
 def heartbeat_batch(worker_id: str, leases: Sequence[tuple[str, str]], until: int, now: int) -> Update:

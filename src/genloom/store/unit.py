@@ -18,8 +18,6 @@ from genloom.store.engine import Database
 from genloom.webhooks import outbox
 from genloom.webhooks import statements as webhook_q
 
-_MAX_PAYLOAD = 7000  # NOTIFY payloads must stay under 8000 bytes
-
 
 @dataclass
 class Unit:
@@ -92,7 +90,7 @@ def _chunks(ids: Sequence[str]) -> list[str]:
     cur: list[str] = []
     size = 0
     for i in ids:
-        if cur and size + len(i) + 1 > _MAX_PAYLOAD:
+        if cur and size + len(i) + 1 > q.NOTIFY_PAYLOAD:
             out.append(",".join(cur))
             cur, size = [], 0
         cur.append(i)
