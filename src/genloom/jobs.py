@@ -161,7 +161,7 @@ class Jobs:
             return self._created(values, project, request_id, sync)
         if keyless and not sync:
             # PostgreSQL: one statement, charge included.
-            async with self.db.autocommit() as conn:
+            async with self.db.kept("create") as conn:
                 if not await outbox.interested(conn, (EventType.QUEUED,)):
                     params = {f"j_{k}": v for k, v in values.items()}
                     if not (await conn.execute(q.create_pg(tuple(values), billed), params)).first():
@@ -319,7 +319,7 @@ class Jobs:
             "e_stages": [e.stage for _, e in specs], "e_latency": [e.latency_ms for _, e in specs],
             "e_codes": [e.error_code for _, e in specs], "e_msgs": [e.error_msg for _, e in specs],
             "e_data": [json.dumps(e.data) for _, e in specs]}
-        async with self.db.autocommit() as conn:
+        async with self.db.kept("finish") as conn:
             if await outbox.interested(conn, {e.type for _, e in specs}):
                 return {}
             rows = (await conn.execute(q.finish_quiet_pg(), params)).mappings().all()

@@ -71,7 +71,7 @@ class Queue:
         params = q.claim_params(worker_id=worker_id, token=token, now=now, lease_until=now + self.lease_ms,
                                 limit=limit, types=types)
         if self.db.is_postgres:
-            async with self.db.autocommit() as conn:
+            async with self.db.kept("claim") as conn:
                 if not await outbox.interested(conn, _CLAIM_EVENTS):
                     return await self._claim_pg(conn, worker_id, params, first_stage)
         async with unit(self.db, self.notifier) as u:
@@ -121,8 +121,9 @@ class Queue:
     async def _start_stages(self, worker_id: str, stages: dict[str, Any]) -> set[str]:
         """The first stages' write; the ids it recorded (none when it failed: each job then
         records its own start before its next write)."""
+        await asyncio.sleep(0)  # the stages first: the statement's own preparation is ~0.4 ms of CPU
         try:
-            async with self.db.autocommit() as conn:
+            async with self.db.kept("start") as conn:
                 return set((await conn.execute(q.start_stages_pg(), stages)).scalars().all())
         except Exception as exc:
             log.warning("queue.first_stage_failed", worker=worker_id, error=str(exc))
@@ -205,7 +206,7 @@ class Queue:
         leases = [(j.id, j.lease_token or "") for j in jobs]
         rows: list[Any] = []
         if self.db.is_postgres:  # one statement for the jobs nobody awaits a webhook of
-            async with self.db.autocommit() as conn:
+            async with self.db.kept("complete") as conn:
                 rows = list((await conn.execute(q.complete_quiet_pg(), q.complete_params(leases, now))).mappings())
             quiet = {r["id"] for r in rows}
             leases = [lease for lease in leases if lease[0] not in quiet]

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from genloom.store.engine import Database
 
@@ -37,5 +38,48 @@ async def test_a_busy_process_keeps_its_connections(db_url: str) -> None:
             again = await busy_round(db)
             assert all(any(c is k for k in first) for c in again)  # no connection was opened anew
         assert len({id(c) for c in first}) == BUSY
+    finally:
+        await db.dispose()
+
+
+async def backend_pid(conn: Any) -> int:
+    return int((await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+
+
+@pytest.mark.postgresql_only
+async def test_a_kept_connection_serves_its_use_until_an_error(db_url: str) -> None:
+    """``Database.kept``: one use's statements, one after another, share one connection (no
+    checkout each); a concurrent caller gets another; a database error discards it, and a
+    connection the server dropped is reported unavailable once, then replaced."""
+    from genloom.errors import Unavailable
+
+    db = Database(db_url)
+    try:
+        async with db.kept("claim") as conn:
+            first = await backend_pid(conn)
+            async with db.kept("claim") as other:  # the kept one is busy: a pooled one
+                assert await backend_pid(other) != first
+        async with db.kept("claim") as conn:
+            assert await backend_pid(conn) == first
+        async with db.kept("finish") as conn:
+            assert await backend_pid(conn) != first  # each use keeps its own
+        with pytest.raises(ZeroDivisionError):  # the caller's own error: the connection is fine
+            async with db.kept("claim") as conn:
+                raise ZeroDivisionError
+        async with db.kept("claim") as conn:
+            assert await backend_pid(conn) == first
+        with pytest.raises(DBAPIError):  # the database's: it is discarded
+            async with db.kept("claim") as conn:
+                await conn.execute(text("SELECT 1 / 0"))
+        async with db.kept("claim") as conn:
+            second = await backend_pid(conn)
+        assert second != first
+        async with db.read() as conn:
+            await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": second})
+        with pytest.raises(Unavailable):
+            async with db.kept("claim") as conn:
+                await backend_pid(conn)
+        async with db.kept("claim") as conn:
+            assert await backend_pid(conn) not in (first, second)
     finally:
         await db.dispose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -72,6 +73,8 @@ class Database:
         self.dialect: Dialect = "sqlite" if backend == "sqlite" else "postgresql"
         self._write_lock = asyncio.Lock()  # SQLite: this process's writes, one at a time
         self._checkpointer: sqlite_writer.Checkpointer | None = None
+        self._kept: dict[str, AsyncConnection] = {}
+        self._kept_locks: dict[str, asyncio.Lock] = {}
         if self.dialect == "sqlite":
             # One write connection per process, on the loop's thread (see sqlite_writer); reads
             # on aiosqlite's threads.
@@ -144,6 +147,39 @@ class Database:
             yield conn
 
     @asynccontextmanager
+    async def kept(self, use: str) -> AsyncIterator[AsyncConnection]:
+        """``autocommit()``, on a connection kept checked out for ``use`` between its statements:
+        for writes that follow one another on a hot path (a worker's claims, its completions, the
+        creates), where the pool's checkout and return cost 0.1 ms each time, and 0.4 ms after an
+        idle spell, on a path whose round trip is about 1 ms. One caller at a time; a concurrent
+        one gets a pooled connection. A database error or a cancellation discards the kept one
+        (it may be mid-statement): the next use opens another."""
+        assert self.dialect == "postgresql", "SQLite writes go through tx()"
+        lock = self._kept_locks.setdefault(use, asyncio.Lock())
+        if lock.locked():
+            async with self.autocommit() as pooled:
+                yield pooled
+            return
+        async with lock:
+            kept = self._kept.pop(use, None)
+            try:
+                if kept is None:
+                    kept = await self.reader.connect()
+                yield kept
+            except BaseException as exc:
+                if kept is not None and (isinstance(exc, DBAPIError) or not isinstance(exc, Exception)):
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(kept.invalidate())
+                    await asyncio.shield(kept.close())
+                    kept = None
+                if isinstance(exc, OperationalError) and _is_unreachable(exc):
+                    raise Unavailable("the database is unreachable") from exc
+                raise
+            finally:
+                if kept is not None:
+                    self._kept[use] = kept
+
+    @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         try:
             async with self.reader.connect() as conn:
@@ -154,6 +190,10 @@ class Database:
             raise
 
     async def dispose(self) -> None:
+        kept, self._kept = list(self._kept.values()), {}
+        for conn in kept:
+            with contextlib.suppress(Exception):
+                await conn.close()
         if self._checkpointer is not None:
             await self._checkpointer.close()
         await self.engine.dispose()
