@@ -147,6 +147,12 @@ class Unavailable(GenloomError):
     status = 503
 
 
+class TransactionConflict(Unavailable):
+    """The database turned one transaction away (a deadlock, a serialization failure, a row lock
+    it could not take): the same write, tried again, goes through. A batch that meets one retries
+    its writes one by one instead of answering all of them with it."""
+
+
 class StageError(GenloomError):
     """A pipeline stage failed."""
 

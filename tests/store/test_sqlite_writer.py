@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from genloom.config import Settings
+from genloom.errors import Unavailable
 from genloom.jobs import JobSpec
 from genloom.runtime import open_core
 from genloom.store import engine
@@ -77,12 +78,15 @@ async def test_a_write_waits_for_another_writers_lock_without_stalling_the_loop(
 async def test_a_write_gives_up_after_the_busy_wait_and_leaves_nothing(
     core: Any, other: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Another process holding the write lock past the busy wait makes the write Unavailable (a
+    503 with Retry-After, a worker's hand-back; shared by a whole group commit), not a failure."""
     project = await make_project(core, credits=10)
     monkeypatch.setattr(engine, "SQLITE_BUSY_WAIT", 0.3)
     other.execute("BEGIN IMMEDIATE")
     try:
-        with pytest.raises(OperationalError, match="locked"):
+        with pytest.raises(Unavailable, match="locked") as info:
             await core.jobs.create(project, JobSpec(type="motion", input={}))
+        assert isinstance(info.value.__cause__, OperationalError) and engine.db_wide(info.value)
     finally:
         other.rollback()
     assert await count_jobs(core) == 0

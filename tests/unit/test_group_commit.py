@@ -112,3 +112,38 @@ async def test_when_the_writer_is_cancelled_so_are_the_writes_it_held() -> None:
             await task
     store.gate.set()
     assert await gc.submit(8) == 80
+
+
+async def test_a_transaction_conflict_is_retried_item_by_item_and_an_outage_is_shared() -> None:
+    """With the store's own predicate: a batch the database turned away (a deadlock) is
+    written again one item at a time; an unreachable database is every item's answer at once."""
+    from genloom.errors import TransactionConflict, Unavailable
+    from genloom.store.engine import db_wide
+
+    batches: list[list[int]] = []
+    failure: Exception = TransactionConflict("deadlock")
+
+    async def write(items: list[int]) -> Sequence[int | BaseException]:
+        batches.append(list(items))
+        if len(items) > 1:
+            raise failure
+        return [i * 10 for i in items]
+
+    gc: GroupCommit[int, int] = GroupCommit(write, shared=db_wide)
+    assert await asyncio.gather(*(gc.submit(i) for i in (1, 2, 3))) == [10, 20, 30]
+    assert batches == [[1, 2, 3], [1], [2], [3]]
+    failure, batches[:] = Unavailable("gone"), []
+    results = await asyncio.gather(*(gc.submit(i) for i in (1, 2)), return_exceptions=True)
+    assert all(isinstance(r, Unavailable) for r in results) and batches == [[1, 2]]
+
+
+async def test_a_writer_that_answers_wrongly_fails_its_callers_instead_of_cancelling_them() -> None:
+    """A write that answers too few items is a bug: its callers get the error (a cancelled caller
+    would leave its job running until the lease expired) and the next batch is written as usual."""
+    async def write(items: list[int]) -> Sequence[int | BaseException]:
+        return [i * 10 for i in items[1:]] if len(items) > 1 else [items[0] * 10]
+
+    gc: GroupCommit[int, int] = GroupCommit(write)
+    results = await asyncio.gather(*(gc.submit(i) for i in (1, 2)), return_exceptions=True)
+    assert all(isinstance(r, RuntimeError) for r in results)
+    assert await gc.submit(3) == 30

@@ -14,11 +14,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from genloom.errors import Unavailable
+from genloom.errors import TransactionConflict, Unavailable
 from genloom.store import sqlite_writer
 
 Dialect = Literal["sqlite", "postgresql"]
 SQLITE_BUSY_WAIT = 30.0  # seconds a write waits for another process's SQLite write lock
+KEPT_IDLE = 60.0  # seconds a kept connection may sit unused and still be trusted (Database.kept)
 
 
 def async_url(url: str) -> str:
@@ -73,7 +74,8 @@ class Database:
         self.dialect: Dialect = "sqlite" if backend == "sqlite" else "postgresql"
         self._write_lock = asyncio.Lock()  # SQLite: this process's writes, one at a time
         self._checkpointer: sqlite_writer.Checkpointer | None = None
-        self._kept: dict[str, AsyncConnection] = {}
+        self._kept: dict[str, tuple[AsyncConnection, float, float]] = {}  # (conn, opened, last used)
+        self._disposed = False
         self._kept_locks: dict[str, asyncio.Lock] = {}
         if self.dialect == "sqlite":
             # One write connection per process, on the loop's thread (see sqlite_writer); reads
@@ -119,8 +121,8 @@ class Database:
                 async with self.engine.begin() as conn:
                     yield conn
         except OperationalError as exc:
-            if _is_unreachable(exc):
-                raise Unavailable("the database is unreachable") from exc
+            if (mapped := _mapped(exc)) is not exc:
+                raise mapped from exc
             raise
 
     @asynccontextmanager
@@ -153,31 +155,48 @@ class Database:
         creates), where the pool's checkout and return cost 0.1 ms each time, and 0.4 ms after an
         idle spell, on a path whose round trip is about 1 ms. One caller at a time; a concurrent
         one gets a pooled connection. A database error or a cancellation discards the kept one
-        (it may be mid-statement): the next use opens another."""
+        (it may be mid-statement), and so does a disconnect the pool saw on any other connection
+        or an idle spell past KEPT_IDLE (a firewall or the server may have dropped it)."""
         assert self.dialect == "postgresql", "SQLite writes go through tx()"
         lock = self._kept_locks.setdefault(use, asyncio.Lock())
-        if lock.locked():
+        if lock.locked() or self._disposed:
             async with self.autocommit() as pooled:
                 yield pooled
             return
         async with lock:
-            kept = self._kept.pop(use, None)
             try:
-                if kept is None:
-                    kept = await self.reader.connect()
-                yield kept
-            except BaseException as exc:
-                if kept is not None and (isinstance(exc, DBAPIError) or not isinstance(exc, Exception)):
-                    with contextlib.suppress(Exception):
-                        await asyncio.shield(kept.invalidate())
-                    await asyncio.shield(kept.close())
-                    kept = None
-                if isinstance(exc, OperationalError) and _is_unreachable(exc):
-                    raise Unavailable("the database is unreachable") from exc
+                conn, taken = await self._take(use)
+                try:
+                    yield conn
+                except BaseException as exc:
+                    if isinstance(exc, DBAPIError) or not isinstance(exc, Exception):
+                        await _discard(conn)
+                    else:  # the caller's own error: the connection is as good as before
+                        await self._keep(use, conn, taken)
+                    raise
+                await self._keep(use, conn, taken)
+            except OperationalError as exc:
+                if (mapped := _mapped(exc)) is not exc:
+                    raise mapped from exc
                 raise
-            finally:
-                if kept is not None:
-                    self._kept[use] = kept
+
+    async def _take(self, use: str) -> tuple[AsyncConnection, float]:
+        """``use``'s kept connection and when it was opened, or a fresh one."""
+        entry = self._kept.pop(use, None)
+        if entry is not None:
+            conn, taken, last = entry
+            invalidated_at = getattr(self.reader.sync_engine.pool, "_invalidate_time", 0)
+            if not (conn.invalidated or conn.closed) and taken > invalidated_at and (
+                    time.monotonic() - last < KEPT_IDLE):
+                return conn, taken
+            await _discard(conn)
+        return await self.reader.connect(), time.time()
+
+    async def _keep(self, use: str, conn: AsyncConnection, taken: float) -> None:
+        if self._disposed or conn.invalidated or conn.closed:
+            await _discard(conn)
+        else:
+            self._kept[use] = (conn, taken, time.monotonic())
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
@@ -185,13 +204,14 @@ class Database:
             async with self.reader.connect() as conn:
                 yield conn
         except OperationalError as exc:
-            if _is_unreachable(exc):
-                raise Unavailable("the database is unreachable") from exc
+            if (mapped := _mapped(exc)) is not exc:
+                raise mapped from exc
             raise
 
     async def dispose(self) -> None:
+        self._disposed = True
         kept, self._kept = list(self._kept.values()), {}
-        for conn in kept:
+        for conn, _, _ in kept:
             with contextlib.suppress(Exception):
                 await conn.close()
         if self._checkpointer is not None:
@@ -199,6 +219,14 @@ class Database:
         await self.engine.dispose()
         if self.reader is not self.engine:
             await self.reader.dispose()
+
+
+async def _discard(conn: AsyncConnection) -> None:
+    """Close a connection without returning it to the pool, whatever state it is in."""
+    with contextlib.suppress(Exception):
+        await asyncio.shield(conn.invalidate())
+    with contextlib.suppress(Exception):
+        await asyncio.shield(conn.close())
 
 
 async def _begin_immediate(conn: AsyncConnection) -> None:
@@ -219,9 +247,28 @@ async def _begin_immediate(conn: AsyncConnection) -> None:
 
 
 def db_wide(exc: Exception) -> bool:
-    """A failure of the database, not of one write's data (unreachable, locked, out of space):
-    a group commit answers every write of the batch with it instead of trying each alone."""
-    return isinstance(exc, (Unavailable, OperationalError))
+    """A failure of the database, not of one write's data or one transaction's luck (unreachable,
+    locked by another process for the whole busy wait): a group commit answers every write of the
+    batch with it instead of trying each alone."""
+    return isinstance(exc, Unavailable) and not isinstance(exc, TransactionConflict)
+
+
+# SQLSTATEs of a transaction the server turned away, which the same write retried gets past:
+# serialization_failure, deadlock_detected, lock_not_available.
+_CONFLICTS = frozenset({"40001", "40P01", "55P03"})
+
+
+def _mapped(exc: OperationalError) -> Exception:
+    """What a caller should see of a database error: ``Unavailable`` when the database cannot be
+    reached or (SQLite) stayed locked by another process, ``TransactionConflict`` when the server
+    turned this one transaction away, else the error itself."""
+    if _is_unreachable(exc):
+        return Unavailable("the database is unreachable")
+    if exc.orig is not None and sqlite_writer.is_busy(exc.orig):
+        return Unavailable(f"the database stayed locked by another process for {SQLITE_BUSY_WAIT:.0f} s")
+    if getattr(exc.orig, "sqlstate", None) in _CONFLICTS:
+        return TransactionConflict(f"the database turned the transaction away ({exc.orig}); try again")
+    return exc
 
 
 def _is_unreachable(exc: DBAPIError) -> bool:
