@@ -44,7 +44,12 @@ class GroupCommit(Generic[T, R]):
         try:
             while self._waiting:
                 batch, self._waiting = self._waiting[: self._max], self._waiting[self._max:]
-                answers = await self._answers([item for item, _ in batch])
+                try:
+                    answers = await self._answers([item for item, _ in batch])
+                    if len(answers) != len(batch):
+                        raise RuntimeError(f"the batch write answered {len(answers)} of {len(batch)} writes")
+                except Exception as exc:  # the writer's own fault: every caller hears of it
+                    answers = [exc] * len(batch)
                 for (_, future), answer in zip(batch, answers, strict=True):
                     if future.done():  # its caller was cancelled; the write stands
                         continue

@@ -145,7 +145,12 @@ class Queue:
         if pending is None:
             return
         writing, first = pending
-        if job.id in await asyncio.shield(writing):
+        try:
+            await asyncio.wait([writing])  # its end, whatever it was (a cancelled write recorded nothing)
+        except BaseException:
+            self._starting[job.id] = pending  # this caller was cancelled: the next write waits instead
+            raise
+        if not writing.cancelled() and job.id in writing.result():
             return
         try:
             await self.touch(job, values={"stage": first.name}, events=[first.event] if first.event else [])

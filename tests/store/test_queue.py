@@ -154,6 +154,25 @@ async def test_a_first_stage_the_claim_could_not_record_is_recorded_by_the_jobs_
         ("queued", None), ("started", None), ("vision_started", "vision"), ("stage_completed", "vision")]
 
 
+async def test_a_first_stage_write_cancelled_before_it_ran_is_recorded_by_the_jobs_next_write(
+    core: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first-stage write ended cancelled (its loop going away): the job's next write records
+    the start itself, and is not cancelled in turn."""
+    project = await make_project(core, billing=False)
+    job = await create(core, project)
+    start = FirstStage("vision", EventSpec(EventType.VISION_STARTED, stage="vision"))
+
+    async def cancelled(*_: Any) -> set[str]:
+        raise asyncio.CancelledError
+
+    monkeypatch.setattr(type(core.queue), "_start_stages", cancelled)
+    [claimed] = await core.queue.claim("w_a", limit=1, first_stage=lambda _: start)
+    await core.queue.touch(claimed, values={"progress": 0.5})
+    assert [(e["type"], e["stage"]) for e in await event_rows(core, job.id)] == [
+        ("queued", None), ("started", None), ("vision_started", "vision")]
+
+
 async def test_sync_jobs_are_created_pending_and_claimed_pending_to_running(core: Any) -> None:
     project = await make_project(core, credits=1)
     job = await create(core, project, type="sync")
