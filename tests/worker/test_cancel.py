@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -49,6 +50,9 @@ async def test_a_running_job_stops_at_the_next_checkpoint_between_stages(app: Ap
         {"name": "deaf", "gate": "release", "deaf": True}, {"name": "never"}]})
     async with running(app):
         await eventually(lambda: _ran(control, job.id, "deaf"))
+        # On PostgreSQL the first stage runs while its start is being written: a cancel request
+        # made within that millisecond or two is logged before stage_started. Wait for it here.
+        await eventually(_logged(app, job.id, "stage_started"))
         asked = await app.core.jobs.cancel(job.id)
         assert asked.status == Status.RUNNING and asked.cancel_requested  # not immediate
         assert (await app.core.jobs.cancel(job.id)).status == Status.RUNNING  # asking twice is harmless
@@ -135,6 +139,12 @@ async def test_a_callback_after_the_cancel_of_a_parked_job_is_discarded(rapp: Ap
 
 async def _ran(control: Control, job_id: str, stage: str) -> bool:
     return any(j == job_id and s == stage for j, s, _ in control.ran)
+
+
+def _logged(app: App, job_id: str, event: str) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return event in types(await event_rows(app.core, job_id))
+    return check
 
 
 async def _provider_ref(app: App, job_id: str) -> str | None:
