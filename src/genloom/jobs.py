@@ -187,9 +187,11 @@ class Jobs:
         is that create's answer), then the accepted rows in one insert, then their events."""
         async with unit(self.db, self.notifier) as u:
             billed = [row for row in rows if row["charged"]]
-            took = dict(zip((row["id"] for row in billed), await credits.charge_many(u, [
-                credits.Charge(row["project_id"], row["user_id"], row["id"], row["cost"], row["created_at"])
-                for row in billed]), strict=True)) if billed else {}
+            took: dict[str, bool] = {}  # billed job id -> charged; unbilled jobs always go in
+            if billed:
+                charges = [credits.Charge(row["project_id"], row["user_id"], row["id"], row["cost"], row["created_at"])
+                           for row in billed]
+                took = dict(zip((row["id"] for row in billed), await credits.charge_many(u, charges), strict=True))
             accepted = [row for row in rows if took.get(row["id"], True)]
             if accepted:
                 await u.conn.execute(q.insert_job(), accepted)
