@@ -147,17 +147,13 @@ class Queue:
         writing, first = pending
         try:
             await asyncio.wait([writing])  # its end, whatever it was (a cancelled write recorded nothing)
-        except BaseException:
-            self._starting[job.id] = pending  # this caller was cancelled: the next write waits instead
-            raise
-        if not writing.cancelled() and job.id in writing.result():
-            return
-        try:
+            if not writing.cancelled() and job.id in writing.result():
+                return
             await self.touch(job, values={"stage": first.name}, events=[first.event] if first.event else [])
         except LeaseLost:
             raise  # nothing of this attempt will be written any more
         except BaseException:
-            self._starting[job.id] = pending  # the next write tries again
+            self._starting[job.id] = pending  # cancelled or failed here: the job's next write tries again
             raise
 
     def _logged(self, claimed: list[Job], worker_id: str) -> list[Job]:
