@@ -7,7 +7,7 @@ Each row moves the account's running balance in the same transaction; the condit
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, NamedTuple
 
 from sqlalchemy.exc import IntegrityError
@@ -41,13 +41,12 @@ async def charge(u: Unit, *, project_id: str, user_id: str, job_id: str, round_:
         params = {f"b_{k}": v for k, v in entry.items()} | {"b_amount": amount}
         took = (await u.conn.execute(q.charge_prepared(), params)).first() is not None
     else:
-        res = await u.conn.execute(q.debit_prepared(),
-                                   {"b_project_id": project_id, "b_user_id": user_id, "b_amount": amount})
-        took = res.rowcount == 1
+        took = await u.conn.run(q.debit_prepared(),
+                                {"b_project_id": project_id, "b_user_id": user_id, "b_amount": amount}) == 1
     if not took:
         raise insufficient(amount)
     if not u.postgres:
-        await u.conn.execute(q.insert_ledger(), entry | {"reason": "charge", "amount": -amount})
+        await u.conn.run(q.insert_ledger(), entry | {"reason": "charge", "amount": -amount})
 
 
 class Charge(NamedTuple):
@@ -67,7 +66,7 @@ async def charge_many(u: Unit, charges: Sequence[Charge]) -> list[bool]:
     their number: the balances read and locked once, then one debit per account and the ledger
     entries. (SQLite's batched creates; PostgreSQL's creates charge inside their own statement.)"""
     accounts = {(c.project_id, c.user_id) for c in charges}
-    left = {(p, user): int(b) for p, user, b in await u.conn.execute(q.select_balances(accounts))}
+    left = await _balances(u, accounts)
     took: list[bool] = []
     debits: dict[tuple[str, str], int] = defaultdict(int)
     for c in charges:
@@ -78,15 +77,28 @@ async def charge_many(u: Unit, charges: Sequence[Charge]) -> list[bool]:
             debits[key] += c.amount
         took.append(ok)
     if debits:
-        res = await u.conn.execute(q.debit_prepared(), [
+        changed = await u.conn.run(q.debit_prepared(), [
             {"b_project_id": p, "b_user_id": user, "b_amount": amount} for (p, user), amount in debits.items()])
-        if res.rowcount != len(debits):
+        if changed != len(debits):
             raise RuntimeError("a credit balance changed while this transaction held the write lock")
-        await u.conn.execute(q.insert_ledger(), [
+        await u.conn.run(q.insert_ledger(), [
             {"project_id": c.project_id, "user_id": c.user_id, "job_id": c.job_id, "round": c.round,
              "created_at": c.now, "reason": "charge", "amount": -c.amount}
             for c, ok in zip(charges, took, strict=True) if ok])
     return took
+
+
+async def _balances(u: Unit, accounts: Collection[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """The balances of these accounts that exist, locked until commit: one statement on
+    PostgreSQL; on SQLite (the write lock already holds them) one prepared read per account."""
+    if u.postgres:
+        return {(p, user): int(b) for p, user, b in await u.conn.execute(q.select_balances(accounts))}
+    found = {}
+    for p, user in sorted(accounts):
+        rows = await u.conn.fetch(q.balance_prepared(), {"b_project_id": p, "b_user_id": user})
+        if rows:
+            found[(p, user)] = int(rows[0]["balance"])
+    return found
 
 
 async def refund(u: Unit, job: dict[str, Any], now: int, note: str) -> None:

@@ -14,11 +14,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from genloom.models import Event, EventSpec
 from genloom.store import statements as q
 from genloom.store.engine import Database
+from genloom.store.writes import WriteConnection
 
 
 def event_rows(
@@ -48,14 +47,16 @@ FeedPosition = tuple[int, int]
 
 
 async def append(
-    conn: AsyncConnection, postgres: bool, rows: Sequence[dict[str, Any]], *, jobs_ready: bool = False,
+    conn: WriteConnection, postgres: bool, rows: Sequence[dict[str, Any]], *, jobs_ready: bool = False,
 ) -> None:
     """One multi-row insert for all of a write's events; on PostgreSQL it also stamps the
     transaction and sends the events' NOTIFYs (and the claimers' one, when ``jobs_ready``)."""
-    if rows:
-        result = await conn.execute(q.insert_events(postgres, jobs_ready), list(rows))
-        if postgres:
-            result.all()  # the NOTIFYs are the RETURNING clause: let it run to the end
+    if not rows:
+        return
+    if postgres:
+        (await conn.execute(q.insert_events(postgres, jobs_ready), list(rows))).all()  # the NOTIFYs are its RETURNING
+    else:
+        await conn.run(q.insert_events(postgres, jobs_ready), rows)
 
 
 class EventLog:

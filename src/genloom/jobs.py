@@ -173,7 +173,7 @@ class Jobs:
                 return existing, False
             # The row goes in before the charge: a concurrent duplicate then waits on its unique
             # key (and finds this job) instead of being refused by a balance this job has spent.
-            await u.conn.execute(q.insert_job(), values)
+            await u.conn.run(q.insert_job(), values)
             if billed:
                 await credits.charge(u, project_id=project.id, user_id=spec.user, job_id=job_id,
                                      round_=0, amount=cost, now=now)
@@ -194,7 +194,7 @@ class Jobs:
                 took = dict(zip((row["id"] for row in billed), await credits.charge_many(u, charges), strict=True))
             accepted = [row for row in rows if took.get(row["id"], True)]
             if accepted:
-                await u.conn.execute(q.insert_job(), accepted)
+                await u.conn.run(q.insert_job(), accepted)
                 u.jobs_ready = True
                 for row in accepted:
                     if row["status"] == Status.QUEUED.value:
@@ -283,8 +283,9 @@ class Jobs:
                     f = finishes[i]
                     params = {"f_id": f.job_id, "f_token": f.lease_token, "f_now": now,
                               "f_result_key": f.result_key, "f_result": f.result}
-                    row = (await u.conn.execute(q.finish_prepared(), params)).mappings().first()
-                    if row is not None:  # the common case: one prepared statement
+                    found = await u.conn.fetch(q.finish_prepared(), params)
+                    if found:  # the common case: one prepared statement
+                        row = found[0]
                         out[i] = job = Job.from_row(row)
                         u.add_events(row, [*f.events, EventSpec(EventType.COMPLETED)], now)
                         u.after_commit.append(functools.partial(

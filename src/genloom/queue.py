@@ -76,7 +76,7 @@ class Queue:
                     return await self._claim_pg(conn, worker_id, params, first_stage)
         async with unit(self.db, self.notifier) as u:
             stmt = q.claim_prepared(u.postgres, types is not None)
-            rows = [dict(r) for r in (await u.conn.execute(stmt, params)).mappings().all()]
+            rows = await u.conn.fetch(stmt, params)
             stages: list[dict[str, Any]] = []
             claimed: list[Job] = []
             for row in rows:
@@ -91,7 +91,7 @@ class Queue:
                 u.add_events(row, specs, now)
                 claimed.append(job)
             if stages:
-                await u.conn.execute(q.set_first_stage(), stages)
+                await u.conn.run(q.set_first_stage(), stages)
         return self._logged(claimed, worker_id)
 
     async def _claim_pg(

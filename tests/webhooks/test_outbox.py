@@ -3,6 +3,8 @@ and the job's webhook_url, on every write path; nothing (and no query) when noth
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -93,6 +95,33 @@ async def test_a_job_url_gets_terminal_events_only(core: Any) -> None:
         None, HOOK + "?job=1", job.id, "job.completed")
 
 
+@asynccontextmanager
+async def traced(core: Any, seen: Callable[[str], None]) -> AsyncIterator[None]:
+    """Every statement this process sends while inside: on SQLite those on the write connection,
+    SQLAlchemy's and the prepared ones it runs on sqlite3 directly; on PostgreSQL both pools'."""
+    if not core.db.is_postgres:
+        async with core.db.engine.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection.raw
+        raw.set_trace_callback(seen)
+        try:
+            yield
+        finally:
+            raw.set_trace_callback(None)
+        return
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen(statement)
+
+    engines = {core.db.engine.sync_engine, core.db.reader.sync_engine}  # one-statement writes: reader
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", count)
+    try:
+        yield
+    finally:
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", count)
+
+
 async def test_no_listener_means_no_query(core: Any, endpoints: Endpoints) -> None:
     """Non-terminal events of a project without extra subscriptions touch no webhook table (once
     the interest summary is loaded); a terminal event costs one endpoint lookup and no insert
@@ -103,23 +132,17 @@ async def test_no_listener_means_no_query(core: Any, endpoints: Endpoints) -> No
     await completed_jobs(core, project, 1)  # warms the summary
     seen: list[str] = []
 
-    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+    def count(statement: str) -> None:
         if any(t in statement for t in ("webhook_endpoints", "webhook_deliveries", "webhook_project")):
             seen.append(statement.split()[0])
 
-    engines = {core.db.engine.sync_engine, core.db.reader.sync_engine}  # PostgreSQL's one-statement writes: reader
-    for engine in engines:
-        event.listen(engine, "before_cursor_execute", count)
-    try:
+    async with traced(core, count):
         await core.jobs.create(project, JobSpec(type="noop", input={}))
         [job] = await core.queue.claim("w", limit=1)
         assert seen == []
         await core.queue.complete_many([job])
         # SQLite looks the endpoints up; PostgreSQL's completion statement checks for them itself
         assert seen == (["WITH"] if core.db.is_postgres else ["SELECT"])
-    finally:
-        for engine in engines:
-            event.remove(engine, "before_cursor_execute", count)
     assert await delivery_rows(core) == []
 
 

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 from sqlalchemy import event
+from sqlalchemy.engine import Dialect as SaDialect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from genloom.errors import TransactionConflict, Unavailable
-from genloom.store import sqlite_writer
+from genloom.store import prepared, sqlite_writer
+from genloom.store.writes import WriteConnection
 
 Dialect = Literal["sqlite", "postgresql"]
 SQLITE_BUSY_WAIT = 30.0  # seconds a write waits for another process's SQLite write lock
@@ -74,6 +77,7 @@ class Database:
         self.dialect: Dialect = "sqlite" if backend == "sqlite" else "postgresql"
         self._write_lock = asyncio.Lock()  # SQLite: this process's writes, one at a time
         self._checkpointer: sqlite_writer.Checkpointer | None = None
+        self._writer: sqlite_writer.Connection | None = None
         self._kept: dict[str, tuple[AsyncConnection, float, float]] = {}  # (conn, opened, last used)
         self._disposed = False
         self._kept_locks: dict[str, asyncio.Lock] = {}
@@ -111,34 +115,45 @@ class Database:
         return self.dialect == "postgresql"
 
     @asynccontextmanager
-    async def tx(self) -> AsyncIterator[AsyncConnection]:
+    async def tx(self) -> AsyncIterator[WriteConnection]:
         """One write transaction; committed on exit, rolled back on error."""
         try:
             if self.dialect == "sqlite":
                 async with self._sqlite_tx() as conn:
                     yield conn
             else:
-                async with self.engine.begin() as conn:
-                    yield conn
+                async with self.engine.begin() as sa:
+                    yield WriteConnection(self.engine, sa=sa)
         except OperationalError as exc:
             if (mapped := _mapped(exc)) is not exc:
                 raise mapped from exc
             raise
 
     @asynccontextmanager
-    async def _sqlite_tx(self) -> AsyncIterator[AsyncConnection]:
+    async def _sqlite_tx(self) -> AsyncIterator[WriteConnection]:
         """This process's writes one at a time on its one write connection; the database's write
         lock taken up front (BEGIN IMMEDIATE), so a write never fails on a lock upgrade."""
         assert self._checkpointer is not None
-        async with self._write_lock, self.engine.connect() as conn:
-            await _begin_immediate(conn)
+        async with self._write_lock:
+            writer = await self._sqlite_writer()
+            await _begin_immediate(writer.raw, self.engine.dialect)
+            conn = WriteConnection(self.engine, writer=writer)
             try:
                 yield conn
             except BaseException:
-                await conn.rollback()
+                await conn.end(commit=False)
                 raise
-            await conn.commit()
+            await conn.end(commit=True)
             self._checkpointer.committed()
+
+    async def _sqlite_writer(self) -> sqlite_writer.Connection:
+        """The pool's one write connection (opened, or reopened after the pool discarded it)."""
+        if self._writer is None or self._writer.closed:
+            async with self.engine.connect() as sa:
+                writer = (await sa.get_raw_connection()).driver_connection
+            assert isinstance(writer, sqlite_writer.Connection)
+            self._writer = writer
+        return self._writer
 
     @asynccontextmanager
     async def autocommit(self) -> AsyncIterator[AsyncConnection]:
@@ -229,19 +244,18 @@ async def _discard(conn: AsyncConnection) -> None:
         await asyncio.shield(conn.close())
 
 
-async def _begin_immediate(conn: AsyncConnection) -> None:
+async def _begin_immediate(raw: sqlite3.Connection, dialect: SaDialect) -> None:
     """BEGIN IMMEDIATE, waiting with asyncio sleeps (not SQLite's busy handler, which would block
     the loop) while another process holds the write lock, for up to SQLITE_BUSY_WAIT seconds."""
     deadline = time.monotonic() + SQLITE_BUSY_WAIT
     pause = 0.001
     while True:
         try:
-            await conn.exec_driver_sql("BEGIN IMMEDIATE")
+            raw.execute("BEGIN IMMEDIATE")
             return
-        except OperationalError as exc:
-            await conn.rollback()
-            if exc.orig is None or not sqlite_writer.is_busy(exc.orig) or time.monotonic() + pause > deadline:
-                raise
+        except sqlite3.Error as exc:
+            if not sqlite_writer.is_busy(exc) or time.monotonic() + pause > deadline:
+                raise prepared.wrapped("BEGIN IMMEDIATE", None, exc, dialect) from exc
         await asyncio.sleep(pause)
         pause = min(pause * 2, 0.05)
 

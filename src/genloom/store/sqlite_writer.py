@@ -86,6 +86,12 @@ class Connection:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
+        self.closed = False
+
+    @property
+    def raw(self) -> sqlite3.Connection:
+        """The sqlite3 connection itself (store.writes runs prepared statements on it)."""
+        return self._conn
 
     @property
     def _connection(self) -> sqlite3.Connection | None:  # SQLAlchemy checks it before commit/rollback
@@ -105,12 +111,14 @@ class Connection:
         self._conn.rollback()
 
     async def close(self) -> None:
+        self.closed = True
         self._conn.close()
 
     async def create_function(self, *args: Any, **kw: Any) -> None:
         self._conn.create_function(*args, **kw)
 
     def stop(self) -> None:
+        self.closed = True
         self._conn.close()
 
 

@@ -8,7 +8,6 @@ portable statements). Everything else is portable Core.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -44,6 +43,7 @@ from sqlalchemy import (
 )
 
 from genloom.lifecycle import EventType, Status
+from genloom.store.prepared import prepared
 from genloom.store.schema import (
     api_keys,
     credit_accounts,
@@ -62,7 +62,7 @@ CLAIMABLE = (Status.QUEUED.value, Status.PENDING.value)
 
 # --- jobs: single rows -----------------------------------------------------------------------
 
-@functools.cache
+@prepared
 def insert_job() -> Insert:
     """Executed with the row as parameters: one compiled statement for every create."""
     return insert(jobs)
@@ -112,7 +112,7 @@ def fenced_touch(job_id: str, lease_token: str, values: dict[str, Any]) -> Updat
     )
 
 
-@functools.cache
+@prepared
 def set_first_stage() -> Update:
     """The stage a claim starts its jobs on (executemany: s_id, s_token, s_stage), in the claim's
     own transaction; fenced like every worker write."""
@@ -136,7 +136,7 @@ def claim_batch(
     return _claim(postgres, worker_id, token, now, lease_until, limit, None if types is None else list(types))
 
 
-@functools.cache
+@prepared
 def claim_prepared(postgres: bool, typed: bool) -> Update:
     """``claim_batch`` built once with bind parameters, for ``claim_params``: the queue's hot path
     then pays no statement construction and no cache-key walk (SQLAlchemy memoises it per object)."""
@@ -231,7 +231,7 @@ def _one_event_each(written: CTE, type_: EventType, ts: ColumnElement[int], data
     return _event_insert(rows, written.c.id, jobs_ready=jobs_ready).cte(f"{type_.value}_events")
 
 
-@functools.cache
+@prepared
 def claim_started_pg(typed: bool) -> Select[Any]:
     """``claim_prepared`` plus each claimed job's ``started`` event (data: ``c_started``)."""
     claimed = claim_prepared(True, typed).cte("claimed")
@@ -240,7 +240,7 @@ def claim_started_pg(typed: bool) -> Select[Any]:
     return select(claimed).add_cte(started)
 
 
-@functools.cache
+@prepared
 def start_stages_pg() -> Select[Any]:
     """Record the stage each of a claim's jobs starts on (arrays ``s_ids``, ``s_stages``, and
     ``s_events``: the start event's type or NULL), fenced by the claim's token ``s_token``.
@@ -266,7 +266,7 @@ def start_stages_pg() -> Select[Any]:
     return select(set_stage.c.id).add_cte(_event_insert(starts, set_stage.c.id).cte("stage_events"))
 
 
-@functools.cache
+@prepared
 def create_pg(columns: tuple[str, ...], billed: bool) -> Select[Any]:
     """Insert a job and its ``queued`` event, waking claimers. Parameters: ``j_<column>`` for each
     of ``columns`` (prefixed: an UPDATE in the statement would set any column its parameters are
@@ -298,7 +298,7 @@ def create_pg(columns: tuple[str, ...], billed: bool) -> Select[Any]:
     return stmt
 
 
-@functools.cache
+@prepared
 def complete_quiet_pg() -> Select[Any]:
     """``complete_prepared`` with the jobs' ``completed`` events, for the jobs whose completion
     owes no webhook delivery (no ``webhook_url``, no enabled endpoint in their project): those
@@ -320,7 +320,7 @@ def _finished(now: Any, result_key: Any, result: Any) -> dict[str, Any]:
             "error_code": None, "error_message": None, "result_key": result_key, "result": result}
 
 
-@functools.cache
+@prepared
 def finish_prepared() -> Update:
     """A worker's completion of one job (``f_id``, fenced by ``f_token``; ``f_result_key``,
     ``f_result``, ``f_now``) inside the caller's transaction, which writes its events. Built
@@ -336,7 +336,7 @@ def finish_prepared() -> Update:
     )
 
 
-@functools.cache
+@prepared
 def finish_quiet_pg() -> Select[Any]:
     """Workers' completions of many jobs, each with its events (the stage's pending ones, then
     ``completed``), in one statement. The jobs as arrays ``f_ids``, ``f_tokens`` (each job fenced
@@ -397,7 +397,7 @@ def complete_batch(leases: Sequence[tuple[str, str]], now: int) -> Update:
     return _complete(list(leases), now)
 
 
-@functools.cache
+@prepared
 def complete_prepared() -> Update:
     """``complete_batch`` built once with bind parameters, for ``complete_params``."""
     return _complete(bindparam("b_leases", expanding=True), bindparam("b_now"))
@@ -511,7 +511,7 @@ _CURRENT_TX: ColumnElement[int] = literal_column("pg_current_xact_id()::text::bi
 _OLDEST_OPEN_TX: ColumnElement[int] = literal_column("pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
 
 
-@functools.cache
+@prepared
 def insert_events(postgres: bool, jobs_ready: bool = False) -> Insert:
     """Events stamped, on PostgreSQL, with their transaction's id (for ``feed_after``), and their
     wake-ups sent by the same statement: a NOTIFY per row with its job id (PostgreSQL folds
@@ -613,25 +613,31 @@ def select_balances(accounts: Collection[tuple[str, str]]) -> Select[Any]:
             .order_by(c.project_id, c.user_id).with_for_update())
 
 
+@prepared
+def balance_prepared() -> Select[Any]:
+    """``select_balance`` with bound parameters (b_project_id, b_user_id): SQLite's batched charges."""
+    return select_balance(bindparam("b_project_id"), bindparam("b_user_id"))  # type: ignore[arg-type]
+
+
 def ledger_sum(project_id: str, user_id: str) -> Select[Any]:
     return select(func.coalesce(func.sum(credit_ledger.c.amount), 0)).where(
         credit_ledger.c.project_id == project_id, credit_ledger.c.user_id == user_id
     )
 
 
-@functools.cache
+@prepared
 def insert_ledger() -> Insert:
     """Executed with the entry as parameters."""
     return insert(credit_ledger)
 
 
-@functools.cache
+@prepared
 def debit_prepared() -> Update:
     """``debit_account`` with bound parameters (b_project_id, b_user_id, b_amount): SQLite's charge."""
     return debit_account(bindparam("b_project_id"), bindparam("b_user_id"), bindparam("b_amount"))  # type: ignore[arg-type]
 
 
-@functools.cache
+@prepared
 def charge_prepared() -> Insert:
     """PostgreSQL: debit and ledger entry in one statement (one round trip). It inserts the entry
     only when the debit took, so no row returned means insufficient credits and nothing was written.

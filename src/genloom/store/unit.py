@@ -8,20 +8,19 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from genloom import events
 from genloom.models import EventSpec
 from genloom.notify import Notifier
 from genloom.store import statements as q
 from genloom.store.engine import Database
+from genloom.store.writes import WriteConnection
 from genloom.webhooks import outbox
 from genloom.webhooks import statements as webhook_q
 
 
 @dataclass
 class Unit:
-    conn: AsyncConnection
+    conn: WriteConnection
     postgres: bool
     jobs_ready: bool = False
     deliveries: bool = False

@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from genloom.clock import Clock, ms
 from genloom.config import Settings
 from genloom.errors import InvalidInput, NotFound
 from genloom.fetch import SafeFetcher
 from genloom.store.engine import Database
+from genloom.store.writes import WriteConnection
 from genloom.webhooks import outbox, signing
 from genloom.webhooks import statements as q
 
@@ -202,7 +202,7 @@ class Endpoints:
 
 
 async def project_secrets(
-    conn: AsyncConnection, project_ids: Collection[str], now: int
+    conn: WriteConnection, project_ids: Collection[str], now: int
 ) -> dict[str, Mapping[Any, Any]]:
     """The job webhook secret rows of ``project_ids``, creating missing ones (a concurrent creator
     wins cleanly: the insert runs in a savepoint and the row is read back)."""

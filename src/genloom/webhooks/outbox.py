@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from genloom.lifecycle import TERMINAL_EVENTS, EventType, Status
 from genloom.models import EventSpec
 from genloom.store import statements as store_q
+from genloom.store.writes import WriteConnection
 from genloom.webhooks import statements as q
 
 #: Every type an endpoint may subscribe to: ``job.<event type>``.
@@ -65,7 +66,7 @@ class Trigger:
         return f"job.{self.spec.type.value}"
 
 
-def db_key(conn: AsyncConnection) -> str:
+def db_key(conn: AsyncConnection | WriteConnection) -> str:
     """Which database a connection writes to (wake-ups and the interest summary are per database)."""
     return _rendered(conn.engine.url)
 
@@ -92,7 +93,7 @@ def forget_interest(key: str) -> None:
     _interest.pop(key, None)
 
 
-async def _extra_interest(conn: AsyncConnection) -> dict[str, frozenset[str]]:
+async def _extra_interest(conn: AsyncConnection | WriteConnection) -> dict[str, frozenset[str]]:
     key = db_key(conn)
     now = time.monotonic()
     cached = _interest.get(key)
@@ -105,7 +106,7 @@ async def _extra_interest(conn: AsyncConnection) -> dict[str, frozenset[str]]:
     return cached.extra
 
 
-async def interested(conn: AsyncConnection, event_types: Collection[EventType]) -> bool:
+async def interested(conn: AsyncConnection | WriteConnection, event_types: Collection[EventType]) -> bool:
     """Whether any project subscribes to one of these non-terminal events (the cached summary):
     a write of only events nobody wants owes no delivery rows, so it may skip ``enqueue``."""
     wanted = {f"job.{e.value}" for e in event_types}
@@ -114,7 +115,7 @@ async def interested(conn: AsyncConnection, event_types: Collection[EventType]) 
 
 # -- writing deliveries ----------------------------------------------------------------------------
 
-async def enqueue(conn: AsyncConnection, postgres: bool, triggers: Sequence[Trigger]) -> int:
+async def enqueue(conn: WriteConnection, postgres: bool, triggers: Sequence[Trigger]) -> int:
     """Insert the deliveries ``triggers`` call for, inside the caller's transaction; returns how many."""
     wanted: list[Trigger] = []
     extra: dict[str, frozenset[str]] | None = None
@@ -129,7 +130,12 @@ async def enqueue(conn: AsyncConnection, postgres: bool, triggers: Sequence[Trig
     if not wanted:
         return 0
     endpoints: dict[str, list[Mapping[Any, Any]]] = defaultdict(list)
-    for ep in (await conn.execute(q.enabled_endpoints({str(t.job["project_id"]) for t in wanted}))).mappings():
+    projects = {str(t.job["project_id"]) for t in wanted}
+    if len(projects) == 1:
+        found = await conn.fetch(q.project_endpoints(), {"e_project": next(iter(projects))})
+    else:
+        found = [dict(ep) for ep in (await conn.execute(q.enabled_endpoints(projects))).mappings()]
+    for ep in found:
         endpoints[ep["project_id"]].append(ep)
     rows: list[dict[str, Any]] = []
     for t in wanted:
@@ -150,7 +156,7 @@ async def enqueue(conn: AsyncConnection, postgres: bool, triggers: Sequence[Trig
     return len(rows)  # the caller announces them (see store.unit), with its other wake-ups
 
 
-async def announce(conn: AsyncConnection, postgres: bool) -> None:
+async def announce(conn: WriteConnection, postgres: bool) -> None:
     """Wake other processes' dispatchers when this transaction commits (PostgreSQL NOTIFY)."""
     if postgres:
         await conn.execute(store_q.notify((q.WEBHOOKS_CHANNEL, "")))

@@ -1,0 +1,181 @@
+"""Prepared statements run straight on SQLite's write connection (store/prepared.py, store/writes.py):
+what they write and read back must be exactly what SQLAlchemy writes and reads, in the same
+transaction as SQLAlchemy's statements, with SQLAlchemy's errors. On PostgreSQL the same calls go
+through SQLAlchemy, and the same assertions hold."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, event, insert, select, text
+from sqlalchemy.exc import IntegrityError
+
+from genloom.store import prepared
+from genloom.store import statements as q
+from genloom.store.engine import Database
+from genloom.store.schema import jobs
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def db(db_url: str) -> AsyncIterator[Database]:
+    database = Database(db_url)
+    yield database
+    await database.dispose()
+
+
+def new_job(job_id: str, **changes: Any) -> dict[str, Any]:
+    return {
+        "id": job_id, "project_id": "default", "user_id": "u1", "type": "probe", "mode": None,
+        "input": {"prompt": "a cat", "n": [1, 2.5, None], "nested": {"ok": True}, "text": "é \"quoted\""},
+        "params_hash": "h", "status": "queued", "attempt": 0, "max_attempts": 3, "round": 0, "priority": 2,
+        "idempotency_key": None, "cost": 5, "charged": True, "run_after": 1000, "webhook_url": None,
+        "request_id": "req_1", "created_at": 1000, "queued_at": 1000, "updated_at": 1000, "progress": 0.0,
+    } | changes
+
+
+async def stored(db: Database, job_id: str) -> dict[str, Any]:
+    """The row as SQLAlchemy reads it, and how its JSON columns are stored (NULL or not, and the text)."""
+    async with db.read() as conn:
+        row = dict((await conn.execute(select(jobs).where(jobs.c.id == job_id))).mappings().one())
+        raw = (await conn.execute(text("SELECT input, result IS NULL FROM jobs WHERE id = :id"),
+                                  {"id": job_id})).one()
+    return row | {"raw_input": str(raw[0]), "result_is_null": bool(raw[1])}
+
+
+async def test_a_prepared_insert_writes_what_sqlalchemy_writes(db: Database) -> None:
+    async with db.tx() as conn:
+        await conn.run(q.insert_job(), new_job("job_direct"))
+        await conn.execute(q.insert_job(), new_job("job_sa"))
+    direct, through_sa = await stored(db, "job_direct"), await stored(db, "job_sa")
+    assert direct | {"id": "x"} == through_sa | {"id": "x"}
+    assert direct["input"]["text"] == "é \"quoted\"" and direct["charged"] is True
+
+
+async def test_many_rows_run_as_one_executemany_that_counts_them(db: Database) -> None:
+    rows = [new_job(f"job_{i}", priority=i) for i in range(5)]
+    async with db.tx() as conn:
+        await conn.run(q.insert_job(), rows)
+        assert await conn.run(q.insert_job(), []) == 0
+    stages = [{"s_id": f"job_{i}", "s_token": "t", "s_stage": f"stage{i}"} for i in (1, 3, 9)]  # job_9: none
+    async with db.tx() as conn:
+        await conn.execute(jobs.update().values(lease_token="t"))
+        assert await conn.run(q.set_first_stage(), stages) == 2
+        assert await conn.run(q.set_first_stage(), stages[0]) == 1
+    async with db.read() as conn:
+        found = (await conn.execute(select(jobs.c.id, jobs.c.priority, jobs.c.stage).order_by(jobs.c.id))).all()
+    assert [tuple(r) for r in found] == [(f"job_{i}", i, f"stage{i}" if i in (1, 3) else None) for i in range(5)]
+
+
+async def test_a_prepared_returning_reads_back_what_sqlalchemy_reads(db: Database) -> None:
+    async with db.tx() as conn:
+        await conn.run(q.insert_job(), new_job("job_1"))
+    params = q.claim_params(worker_id="w1", token="t" * 24, now=2000, lease_until=9000, limit=4, types=None)
+    async with db.tx() as conn:
+        claimed = await conn.fetch(q.claim_prepared(db.is_postgres, False), params)
+    assert len(claimed) == 1
+    row = claimed[0]
+    as_read = await stored(db, "job_1")
+    assert row == {k: v for k, v in as_read.items() if k in row}
+    assert set(row) == set(jobs.c.keys())
+    assert row["status"] == "running" and row["lease_token"] == "t" * 24 and row["attempt"] == 1
+    assert row["input"] == new_job("x")["input"] and row["charged"] is True and row["cancel_requested"] is False
+    async with db.tx() as conn:  # nothing runnable is left: no rows, not an error
+        assert await conn.fetch(q.claim_prepared(db.is_postgres, False), params) == []
+
+
+async def test_a_transaction_of_prepared_statements_stays_out_of_sqlalchemys_pool(db: Database) -> None:
+    """On SQLite the transaction begins and ends on the sqlite3 connection, and SQLAlchemy's
+    connection is checked out only for a statement that needs it; on PostgreSQL the transaction
+    is SQLAlchemy's from the start."""
+    checkouts: list[object] = []
+    event.listen(db.engine.sync_engine, "checkout", lambda *args: checkouts.append(args))
+    async with db.tx() as conn:  # opens the write connection the first time
+        pass
+    checkouts.clear()
+    async with db.tx() as conn:
+        await conn.run(q.insert_job(), new_job("job_1"))
+        await conn.run(q.insert_events(db.is_postgres), [{"job_id": "job_1", "project_id": "default",
+                                                          "type": "queued", "ts": 1, "attempt": 0, "data": {}}])
+    assert len(checkouts) == (0 if db.dialect == "sqlite" else 1)
+    async with db.tx() as conn:
+        await conn.run(q.insert_job(), new_job("job_2"))
+        await conn.execute(select(jobs.c.id))  # not prepared: SQLAlchemy's connection
+        await conn.execute(select(jobs.c.id))
+    assert len(checkouts) == (1 if db.dialect == "sqlite" else 2)
+    async with db.read() as reader:
+        assert (await reader.execute(text("SELECT count(*) FROM jobs"))).scalar_one() == 2
+
+
+@pytest.mark.parametrize("prepared_first", [True, False])
+async def test_prepared_and_sqlalchemy_statements_commit_and_roll_back_together(
+    db: Database, prepared_first: bool,
+) -> None:
+    async def write(conn: Any, n: int) -> None:
+        first, second = new_job(f"job_{n}a"), new_job(f"job_{n}b")
+        if prepared_first:
+            await conn.run(q.insert_job(), first)
+            await conn.execute(q.insert_job(), second)
+        else:
+            await conn.execute(q.insert_job(), first)
+            await conn.run(q.insert_job(), second)
+
+    with pytest.raises(RuntimeError):
+        async with db.tx() as conn:
+            await write(conn, 1)
+            raise RuntimeError("the caller fails after both statements")
+    async with db.tx() as conn:
+        await write(conn, 2)
+    async with db.read() as reader:
+        ids = (await reader.execute(select(jobs.c.id).order_by(jobs.c.id))).scalars().all()
+    assert ids == ["job_2a", "job_2b"]
+
+
+async def test_a_prepared_statements_error_is_sqlalchemys_and_rolls_back(db: Database) -> None:
+    async with db.tx() as conn:
+        await conn.run(q.insert_job(), new_job("job_1"))
+    with pytest.raises(IntegrityError):
+        async with db.tx() as conn:
+            await conn.run(q.insert_job(), new_job("job_2"))
+            await conn.run(q.insert_job(), new_job("job_1"))  # a duplicate id
+    with pytest.raises(IntegrityError):  # a savepoint keeps what came before it
+        async with db.tx() as conn:
+            await conn.run(q.insert_job(), new_job("job_3"))
+            async with conn.begin_nested():
+                await conn.run(q.insert_job(), new_job("job_4"))
+            with pytest.raises(IntegrityError):
+                async with conn.begin_nested():
+                    await conn.execute(q.insert_job(), new_job("job_1"))
+            await conn.run(q.insert_job(), new_job("job_1"))
+    async with db.tx() as conn:
+        await conn.run(q.insert_job(), new_job("job_5"))
+        async with conn.begin_nested():
+            await conn.run(q.insert_job(), new_job("job_6"))
+        with pytest.raises(IntegrityError):
+            async with conn.begin_nested():
+                await conn.execute(q.insert_job(), new_job("job_1"))
+    async with db.read() as reader:
+        ids = (await reader.execute(select(jobs.c.id).order_by(jobs.c.id))).scalars().all()
+    assert ids == ["job_1", "job_5", "job_6"]
+
+
+def test_only_what_sqlite_can_run_as_compiled_is_planned() -> None:
+    """Statements that need SQLAlchemy at execution time (an expanding IN list, a Python-side
+    column default) or were never registered as prepared get no plan: SQLAlchemy runs them."""
+    from sqlalchemy.dialects import sqlite
+
+    dialect = sqlite.dialect(paramstyle="qmark")
+    claim = q.claim_prepared(False, False)
+    keys = sorted(q.claim_params(worker_id="w", token="t", now=1, lease_until=2, limit=1, types=None))
+    found = prepared.plan(claim, dialect, keys, False)
+    assert found is not None and found.sql.count("?") == len(found.binds)
+    typed_keys = sorted(q.claim_params(worker_id="w", token="t", now=1, lease_until=2, limit=1, types=["a"]))
+    assert prepared.plan(q.claim_prepared(False, True), dialect, typed_keys, False) is None  # IN (...) expands
+    table = Table("defaults_probe", MetaData(), Column("id", String, primary_key=True), Column("n", Integer, default=5))
+    with_default = prepared.prepared(lambda: insert(table))()
+    assert prepared.plan(with_default, dialect, ["id"], False) is None  # n's default is computed in Python
+    assert prepared.plan(insert(table), dialect, ["id", "n"], False) is None  # never registered
+    assert prepared.plan(with_default, dialect, ["id", "n"], False) is not None  # every column given
