@@ -266,6 +266,6 @@ class Queue:
     async def next_due_in(self) -> float | None:
         """Seconds until the earliest delayed job becomes runnable."""
         now = self._now()
-        async with self.db.read() as conn:
-            at = (await conn.execute(q.next_run_after(now))).scalar()
+        [row] = await self.db.fetch(q.next_run_after(), {"n_now": now})
+        at = row["at"]
         return None if at is None else max(0.0, (int(at) - now) / 1000)

@@ -5,6 +5,7 @@ through SQLAlchemy, and the same assertions hold."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -179,3 +180,29 @@ def test_only_what_sqlite_can_run_as_compiled_is_planned() -> None:
     assert prepared.plan(with_default, dialect, ["id"], False) is None  # n's default is computed in Python
     assert prepared.plan(insert(table), dialect, ["id", "n"], False) is None  # never registered
     assert prepared.plan(with_default, dialect, ["id", "n"], False) is not None  # every column given
+
+
+async def test_a_hot_path_read_sees_only_committed_writes(db: Database) -> None:
+    """``Database.fetch`` runs on SQLite's write connection: it must wait for a write transaction
+    in progress there, never read into it (here the write rolls back)."""
+    inside, release = asyncio.Event(), asyncio.Event()
+
+    async def write() -> None:
+        async with db.tx() as conn:
+            await conn.run(q.insert_job(), new_job("job_1", run_after=5000))
+            inside.set()
+            await release.wait()
+            raise RuntimeError("rolled back")
+
+    writing = asyncio.create_task(write())
+    await inside.wait()
+    reading = asyncio.create_task(db.fetch(q.next_run_after(), {"n_now": 0}))
+    await asyncio.sleep(0.05)
+    release.set()
+    with pytest.raises(RuntimeError):
+        await writing
+    assert await reading == [{"at": None}]
+    async with db.tx() as conn:
+        await conn.run(q.insert_job(), new_job("job_2", run_after=7000))
+    assert await db.fetch(q.next_run_after(), {"n_now": 0}) == [{"at": 7000}]
+    assert await db.fetch(q.next_run_after(), {"n_now": 7000}) == [{"at": None}]

@@ -449,9 +449,11 @@ def past_deadline(now: int, limit: int) -> Select[Any]:
     )
 
 
-def next_run_after(now: int) -> Select[Any]:
-    """When the earliest delayed job becomes runnable (to sleep exactly that long)."""
-    return select(func.min(jobs.c.run_after)).where(jobs.c.status.in_(CLAIMABLE), jobs.c.run_after > now)
+@prepared
+def next_run_after() -> Select[Any]:
+    """When the earliest delayed job (``run_after`` > ``n_now``) becomes runnable, to sleep exactly
+    that long: read from the claim index (the states as literals, as the claim has them)."""
+    return select(func.min(jobs.c.run_after).label("at")).where(_claimable(), jobs.c.run_after > bindparam("n_now"))
 
 
 def queue_position(job: dict[str, Any]) -> Select[Any]:
