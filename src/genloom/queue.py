@@ -213,8 +213,14 @@ class Queue:
             leases = [lease for lease in leases if lease[0] not in quiet]
         if leases:
             async with unit(self.db, self.notifier) as u:
-                stmt = q.complete_prepared()
-                hooked = (await u.conn.execute(stmt, q.complete_params(leases, now))).mappings().all()
+                if u.postgres:
+                    stmt = q.complete_prepared()
+                    hooked = [dict(r) for r in (await u.conn.execute(stmt, q.complete_params(leases, now))).mappings()]
+                else:  # a prepared statement per job, straight on the sqlite3 connection
+                    hooked = []
+                    for job_id, token in leases:
+                        hooked += await u.conn.fetch(q.finish_prepared(), {
+                            "f_id": job_id, "f_token": token, "f_now": now, "f_result_key": None, "f_result": None})
                 for row in hooked:
                     u.add_events(row, [EventSpec(EventType.COMPLETED)], now)
             rows += hooked
