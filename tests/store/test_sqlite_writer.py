@@ -110,6 +110,39 @@ async def test_checkpoints_keep_the_wal_from_growing(core: Any, path: Path) -> N
     assert size < 3 * Checkpointer.MAX_FRAMES * page, (size, page)
 
 
+async def test_a_catch_up_copies_most_of_the_wal_before_it_holds_the_write_lock(
+    path: Path, other: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A WAL past MAX_FRAMES is caught up by a checkpoint without the write lock, then one that
+    copies what came meanwhile with it: holding the lock for the whole copy and fsync stalled this
+    process's writes for a full checkpoint (~18 ms here)."""
+    other.execute("PRAGMA journal_mode=WAL")
+    other.execute("PRAGMA wal_autocheckpoint=0")
+    other.execute("CREATE TABLE filler (b BLOB)")
+    page = other.execute("PRAGMA page_size").fetchone()[0]
+    for _ in range(Checkpointer.MAX_FRAMES // 50 + 2):  # 50 pages a commit
+        other.execute("INSERT INTO filler VALUES (?)", (os.urandom(50 * page),))
+    lock = asyncio.Lock()
+    checkpointer = Checkpointer((str(path),), {}, lock)
+    held: list[tuple[bool, int]] = []
+    real = checkpointer._checkpoint
+
+    def checkpoint() -> int:
+        frames = real()
+        held.append((lock.locked(), frames))
+        return frames
+
+    monkeypatch.setattr(checkpointer, "_checkpoint", checkpoint)
+    for _ in range(Checkpointer.EVERY_COMMITS):
+        checkpointer.committed()
+    await checkpointer.close()
+    assert [locked for locked, _ in held] == [False, True], held
+    assert held[0][1] > Checkpointer.MAX_FRAMES
+    other.execute("INSERT INTO filler VALUES (x'00')")  # every frame was copied: the WAL starts over
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1] < 10
+
+
 async def test_a_relative_url_names_one_file_for_writes_and_reads(
     path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

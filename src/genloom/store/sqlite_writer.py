@@ -17,7 +17,6 @@ long listing must not stall the loop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -161,10 +160,11 @@ class Checkpointer:
     A passive checkpoint never waits for anyone, and writes go on meanwhile. The WAL is rewound
     from its start only when a write finds every frame copied, which writes that never pause
     prevent: the WAL then grows without end (76 MB after 1,500 back-to-back creates). So when a
-    checkpoint reports more than ``MAX_FRAMES`` frames in the WAL, the next one holds this
-    process's write lock (the loop runs on; only this process's writes wait, as they would for
-    SQLite's own checkpoint on commit) and catches up. Holding it every time instead cost the
-    worker bench's wake-up p99 about 8 ms."""
+    checkpoint leaves more than ``MAX_FRAMES`` frames in the WAL, a second one copies what was
+    written meanwhile while holding this process's write lock (the loop runs on; only this
+    process's writes wait). That one has a few milliseconds' writes to copy: holding the lock for
+    the whole catch-up instead stalled writes for a full checkpoint, ~18 ms here, about every
+    1,000 frames, and that was the worker bench's wake-up p99 on SQLite."""
 
     EVERY_COMMITS = 100  # a create writes ~12 pages: about SQLite's own 1,000-page interval
     MAX_FRAMES = 2000  # ~8 MB of 4 KiB pages
@@ -176,7 +176,6 @@ class Checkpointer:
         self._running: asyncio.Task[None] | None = None
         self._commits = 0
         self._last = time.monotonic()
-        self._behind = False
         self._closed = False
 
     def committed(self) -> None:
@@ -190,12 +189,11 @@ class Checkpointer:
 
     async def _run(self) -> None:
         try:
-            async with self.write_lock if self._behind else contextlib.nullcontext():
-                frames = await asyncio.to_thread(self._checkpoint)
+            if await asyncio.to_thread(self._checkpoint) > self.MAX_FRAMES:
+                async with self.write_lock:
+                    await asyncio.to_thread(self._checkpoint)
         except sqlite3.Error as exc:  # the next commit tries again
             log.warning("sqlite.checkpoint_failed", error=str(exc))
-            return
-        self._behind = frames > self.MAX_FRAMES
 
     def _checkpoint(self) -> int:
         """One passive checkpoint; the frames in the WAL when it ran."""
