@@ -491,6 +491,26 @@ async def test_a_prepared_claim_keeps_the_claim_index(core: Any, db_url: str, ty
         assert any(name == "ix_jobs_claim" for _, name in found), found
 
 
+@pytest.mark.parametrize("typed", [False, True], ids=["any-type", "by-type"])
+def test_a_sqlite_claim_walks_the_claim_index_and_stops_at_its_limit(
+    sqlite_template: Any, tmp_path: Any, typed: bool,
+) -> None:
+    """SQLite's planner, left to itself, took the status index and sorted every runnable job on
+    each claim (O(queue depth)); the claim names the claim index (PostgreSQL: the test above)."""
+    import sqlite3
+
+    from sqlalchemy.dialects import sqlite
+
+    path = sqlite_template.clone(tmp_path).removeprefix("sqlite:///")
+    stmt = q.claim_batch(postgres=False, worker_id="w", token="t" * 24, now=10**9, lease_until=10**9 + 1,
+                         limit=16, types=["noop", "motion"] if typed else None)
+    sql = str(stmt.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}))
+    with sqlite3.connect(path) as conn:
+        plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
+    assert any("ix_jobs_claim" in step for step in plan), plan
+    assert not any("TEMP B-TREE" in step for step in plan), plan
+
+
 @pytest.mark.postgresql_only
 async def test_creates_and_claims_announce_themselves_to_other_processes(core: Any, db_url: str) -> None:
     """The one-statement create and claim send their NOTIFYs from inside the statement: a create

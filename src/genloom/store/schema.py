@@ -53,7 +53,8 @@ api_keys = Table(
     Column("revoked_at", BigInteger),
 )
 
-_RUNNABLE = "status IN ('queued', 'pending')"
+#: The claim index's predicate (statements spell it the same way so the planners can use the index).
+RUNNABLE = "status IN ('queued', 'pending')"
 
 jobs = Table(
     "jobs",
@@ -99,7 +100,7 @@ jobs = Table(
     # The queue's only hot path: a partial index in claim order over runnable rows alone, so a
     # claim walks it from the front however many finished jobs the table holds.
     Index("ix_jobs_claim", column("priority").desc(), "run_after", "created_at",
-          postgresql_where=text(_RUNNABLE), sqlite_where=text(_RUNNABLE)),
+          postgresql_where=text(RUNNABLE), sqlite_where=text(RUNNABLE)),
     Index("ix_jobs_project_created", "project_id", "created_at", "id"),
     Index("ix_jobs_lease", "status", "lease_expires_at"),
     Index("ix_jobs_provider_ref", "provider_ref"),

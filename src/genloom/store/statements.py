@@ -41,10 +41,12 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy.sql.elements import BindParameter
 
 from genloom.lifecycle import EventType, Status
 from genloom.store.prepared import prepared
 from genloom.store.schema import (
+    RUNNABLE,
     api_keys,
     credit_accounts,
     credit_ledger,
@@ -160,15 +162,15 @@ def _claimable() -> ColumnElement[bool]:
 
 
 def _claim(postgres: bool, worker_id: Any, token: Any, now: Any, lease_until: Any, limit: Any, types: Any) -> Update:
-    pick = (
-        select(jobs.c.id)
-        .where(_claimable(), jobs.c.run_after <= now)
-        .order_by(jobs.c.priority.desc(), jobs.c.run_after, jobs.c.created_at)
-        .limit(limit)
-    )
-    if types is not None:
-        pick = pick.where(jobs.c.type.in_(types))
     if postgres:
+        pick = (
+            select(jobs.c.id)
+            .where(_claimable(), jobs.c.run_after <= now)
+            .order_by(jobs.c.priority.desc(), jobs.c.run_after, jobs.c.created_at)
+            .limit(limit)
+        )
+        if types is not None:
+            pick = pick.where(jobs.c.type.in_(types))
         # A MATERIALIZED CTE locks and picks exactly ``limit`` rows once: with ``IN (subquery)`` the
         # planner may re-run the subquery per outer row and lease more jobs than asked for.
         # PostgreSQL re-checks the state of the rows it locked.
@@ -177,7 +179,7 @@ def _claim(postgres: bool, worker_id: Any, token: Any, now: Any, lease_until: An
     else:
         # SQLite runs the statement under its one write lock; a second status test there makes it
         # walk the rows by status instead of taking the ones the subquery picked by primary key.
-        target = update(jobs).where(jobs.c.id.in_(pick.scalar_subquery()))
+        target = update(jobs).where(jobs.c.id.in_(_sqlite_pick(now, limit, types)))
     return (
         target
         .values(
@@ -193,6 +195,25 @@ def _claim(postgres: bool, worker_id: Any, token: Any, now: Any, lease_until: An
         )
         .returning(*jobs.c)
     )
+
+
+def _sqlite_pick(now: Any, limit: Any, types: Any) -> Any:
+    """SQLite's pick of the jobs to claim, through the claim index by name (``INDEXED BY``, which
+    SQLAlchemy does not render). SQLite's planner otherwise took the status index and sorted every
+    runnable job on each claim: 166 us of SQLite a claimed job with 2,000 queued, 334 with 10,000;
+    through the claim index it stops after ``limit`` rows (79 and 88). It is an error, not a slow
+    claim, if the index ever stops matching this query."""
+    where = f"{RUNNABLE} AND run_after <= :c_now" + (" AND type IN :c_types" if types is not None else "")
+    pick = text(f"SELECT id FROM jobs INDEXED BY ix_jobs_claim WHERE {where} "
+                "ORDER BY priority DESC, run_after, created_at LIMIT :c_limit")
+    binds = [_bound("c_now", now, BigInteger), _bound("c_limit", limit, Integer)]
+    if types is not None:
+        binds.append(types if isinstance(types, BindParameter) else bindparam("c_types", types, expanding=True))
+    return pick.bindparams(*binds).columns(jobs.c.id).scalar_subquery()
+
+
+def _bound(name: str, value: Any, type_: Any) -> BindParameter[Any]:
+    return value if isinstance(value, BindParameter) else bindparam(name, value, type_=type_)
 
 
 # --- PostgreSQL: a write and its events in one statement -----------------------------------
