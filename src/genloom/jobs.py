@@ -132,14 +132,16 @@ class Jobs:
         raise InvalidInput("could not create the job: concurrent duplicates kept colliding")
 
     async def _existing(self, u: Unit, project: Project, spec: JobSpec, params_hash: str) -> Job | None:
-        row = None
         if spec.job_id:
-            row = (await u.conn.execute(q.select_job(spec.job_id, project.id))).mappings().first()
+            found = await u.conn.fetch(q.job_in_project(), {"j_id": spec.job_id, "j_project": project.id})
         elif spec.idempotency_key:
-            stmt = q.select_by_idempotency(project.id, spec.user, spec.idempotency_key)
-            row = (await u.conn.execute(stmt)).mappings().first()
-        if row is None:
+            found = await u.conn.fetch(q.select_by_idempotency(), {
+                "k_project": project.id, "k_user": spec.user, "k_key": spec.idempotency_key})
+        else:
             return None
+        if not found:
+            return None
+        row = found[0]
         if row["params_hash"] != params_hash:
             raise IdempotencyKeyReused(
                 "this idempotency key was already used with different parameters", job_id=row["id"]
@@ -332,10 +334,10 @@ class Jobs:
         return {i: done[f.job_id] for i, f in enumerate(finishes) if f.job_id in done}
 
     async def lock(self, u: Unit, job_id: str, project_id: str | None = None) -> dict[str, Any]:
-        row = (await u.conn.execute(q.lock_job(job_id, u.postgres))).mappings().first()
-        if row is None or (project_id is not None and row["project_id"] != project_id):
+        found = await u.conn.fetch(q.lock_job(u.postgres), {"l_id": job_id})
+        if not found or (project_id is not None and found[0]["project_id"] != project_id):
             raise NotFound("no such job", job_id=job_id)
-        return dict(row)
+        return found[0]
 
     async def apply(
         self, u: Unit, row: dict[str, Any], to: Status, *, lease_token: str | None = None,

@@ -81,16 +81,25 @@ def select_by_provider_ref(provider: str, ref: str) -> Select[Any]:
     return select(jobs).where(jobs.c.provider_ref == ref, jobs.c.provider == provider)
 
 
-def lock_job(job_id: str, postgres: bool) -> Select[Any]:
-    """Read a job and hold its row until commit (SQLite's BEGIN IMMEDIATE already serialises)."""
-    stmt = select(jobs).where(jobs.c.id == job_id)
+@prepared
+def job_in_project() -> Select[Any]:
+    """``select_job`` with bound parameters (``j_id``, ``j_project``), for the writes that look first."""
+    return select(jobs).where(jobs.c.id == bindparam("j_id"), jobs.c.project_id == bindparam("j_project"))
+
+
+@prepared
+def lock_job(postgres: bool) -> Select[Any]:
+    """Read a job (``l_id``) and hold its row until commit (SQLite's BEGIN IMMEDIATE already
+    serialises)."""
+    stmt = select(jobs).where(jobs.c.id == bindparam("l_id"))
     return stmt.with_for_update() if postgres else stmt
 
 
-def select_by_idempotency(project_id: str, user_id: str, key: str) -> Select[Any]:
-    return select(jobs).where(
-        jobs.c.project_id == project_id, jobs.c.user_id == user_id, jobs.c.idempotency_key == key
-    )
+@prepared
+def select_by_idempotency() -> Select[Any]:
+    """The job an idempotency key names (``k_project``, ``k_user``, ``k_key``)."""
+    return select(jobs).where(jobs.c.project_id == bindparam("k_project"), jobs.c.user_id == bindparam("k_user"),
+                              jobs.c.idempotency_key == bindparam("k_key"))
 
 
 def guarded_transition(
