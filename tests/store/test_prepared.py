@@ -6,6 +6,7 @@ through SQLAlchemy, and the same assertions hold."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, event, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
+from genloom.errors import Unavailable
 from genloom.store import prepared
 from genloom.store import statements as q
 from genloom.store.engine import Database
@@ -178,7 +180,9 @@ def test_only_what_sqlite_can_run_as_compiled_is_planned() -> None:
     table = Table("defaults_probe", MetaData(), Column("id", String, primary_key=True), Column("n", Integer, default=5))
     with_default = prepared.prepared(lambda: insert(table))()
     assert prepared.plan(with_default, dialect, ["id"], False) is None  # n's default is computed in Python
+    plans = len(prepared._PLANS)
     assert prepared.plan(insert(table), dialect, ["id", "n"], False) is None  # never registered
+    assert len(prepared._PLANS) == plans  # and not remembered: its id may later be a prepared one's
     assert prepared.plan(with_default, dialect, ["id", "n"], False) is not None  # every column given
 
 
@@ -206,3 +210,57 @@ async def test_a_hot_path_read_sees_only_committed_writes(db: Database) -> None:
         await conn.run(q.insert_job(), new_job("job_2", run_after=7000))
     assert await db.fetch(q.next_run_after(), {"n_now": 0}) == [{"at": 7000}]
     assert await db.fetch(q.next_run_after(), {"n_now": 7000}) == [{"at": None}]
+
+
+_ORPHAN = prepared.prepared(lambda: text("INSERT INTO probe_child (id, parent) VALUES (:id, :parent)"))
+
+
+@pytest.mark.parametrize("through_sqlalchemy", [False, True])
+async def test_a_commit_that_fails_keeps_no_lock(db: Database, db_url: str, through_sqlalchemy: bool) -> None:
+    """A COMMIT can itself fail (here a deferred foreign key). The caller sees the error, nothing
+    of the transaction is kept, and the database's write lock is not held afterwards: the next
+    transaction of this process, and another connection's, go ahead."""
+    async with db.tx() as conn:
+        await conn.execute(text("CREATE TABLE probe_parent (id INTEGER PRIMARY KEY)"))
+        await conn.execute(text("CREATE TABLE probe_child (id INTEGER PRIMARY KEY, parent INTEGER "
+                                "REFERENCES probe_parent (id) DEFERRABLE INITIALLY DEFERRED)"))
+    if db.dialect == "sqlite":  # the schema's SQLite connections leave foreign keys off
+        async with db.engine.connect() as sa:
+            (await sa.get_raw_connection()).driver_connection.raw.execute("PRAGMA foreign_keys=ON")
+    with pytest.raises(IntegrityError):
+        async with db.tx() as conn:
+            await conn.run(q.insert_job(), new_job("job_1"))
+            if through_sqlalchemy:
+                await conn.execute(text("INSERT INTO probe_child (id, parent) VALUES (1, 99)"))
+            else:
+                assert prepared.plan(_ORPHAN(), db.engine.dialect, ["id", "parent"], False) or db.is_postgres
+                await conn.run(_ORPHAN(), {"id": 1, "parent": 99})
+    other = Database(db_url)
+    try:
+        async with asyncio.timeout(5):
+            async with other.tx() as conn:
+                await conn.run(q.insert_job(), new_job("job_2"))
+    finally:
+        await other.dispose()
+    async with db.tx() as conn:
+        await conn.run(q.insert_job(), new_job("job_3"))
+    async with db.read() as reader:
+        assert (await reader.execute(select(jobs.c.id).order_by(jobs.c.id))).scalars().all() == ["job_2", "job_3"]
+        assert (await reader.execute(text("SELECT count(*) FROM probe_child"))).scalar_one() == 0
+
+
+async def test_a_transaction_whose_connection_closes_under_it_commits_nothing(db: Database) -> None:
+    """SQLite: the pool closing the write connection mid-transaction (a dispose) loses the
+    transaction, and the caller is told to try again instead of seeing it committed. PostgreSQL's
+    transaction holds its connection checked out, which a dispose leaves alone: it commits."""
+    async with db.tx() as conn:
+        pass
+    with pytest.raises(Unavailable) if db.dialect == "sqlite" else contextlib.nullcontext():
+        async with db.tx() as conn:
+            await conn.run(q.insert_job(), new_job("job_1"))
+            await db.engine.dispose()
+    async with db.tx() as conn:
+        await conn.run(q.insert_job(), new_job("job_2"))
+    async with db.read() as reader:
+        ids = (await reader.execute(select(jobs.c.id).order_by(jobs.c.id))).scalars().all()
+    assert ids == (["job_2"] if db.dialect == "sqlite" else ["job_1", "job_2"])

@@ -142,7 +142,8 @@ class Database:
             try:
                 yield conn
             except BaseException:
-                await conn.end(commit=False)
+                with contextlib.suppress(Exception):  # the error that ended it is the one to see
+                    await conn.end(commit=False)
                 raise
             await conn.end(commit=True)
             self._checkpointer.committed()
@@ -228,7 +229,8 @@ class Database:
         """A small read on a hot path (a prepared, indexed lookup), as dicts. On SQLite it runs on
         the write connection between write transactions, on the loop's thread: through the read
         pool it cost a checkout, a BEGIN and three thread hops around a microsecond query. On
-        PostgreSQL it is an autocommit read."""
+        PostgreSQL it is an autocommit read. Not for use inside ``tx``: the write lock is not
+        reentrant."""
         try:
             if self.dialect == "sqlite":
                 async with self._write_lock:

@@ -81,7 +81,9 @@ def plan(stmt: Executable, dialect: Dialect, keys: Sequence[str], many: bool) ->
         return _PLANS[cache_key]
     except KeyError:
         pass
-    found = _compile(stmt, dialect, keys, many) if is_prepared(stmt) else None
+    if not is_prepared(stmt):
+        return None  # not cached: an ad-hoc statement's id may be reused by a later prepared one
+    found = _compile(stmt, dialect, keys, many)
     _PLANS[cache_key] = found
     return found
 

@@ -9,6 +9,7 @@ through the SQLAlchemy connection the transaction was begun on.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -95,21 +96,30 @@ class WriteConnection:
 
     async def end(self, commit: bool) -> None:
         """SQLite: commit or roll back the transaction, and return SQLAlchemy's connection if it
-        was checked out (after the end: its return to the pool rolls back)."""
-        assert self._writer is not None
+        was checked out (after the end: its return to the pool rolls back). However the end goes,
+        the sqlite3 connection is left outside any transaction: a COMMIT that failed must not
+        keep the database's write lock."""
+        writer = self._writer
+        assert writer is not None
         sa, self._sa = self._sa, None
         try:
+            if writer.closed:  # the pool discarded it mid-transaction (dispose, invalidation)
+                if commit:
+                    raise Unavailable("the SQLite write connection closed before the transaction "
+                                      "committed; nothing was written, try again")
+                return
             if sa is not None and sa.in_transaction():
                 await (sa.commit() if commit else sa.rollback())
-            raw = self._writer.raw
+            raw = writer.raw
             if raw.in_transaction:
                 try:
                     raw.commit() if commit else raw.rollback()
                 except sqlite3.Error as exc:
-                    if raw.in_transaction:
-                        raw.rollback()
                     raise prepared.wrapped("COMMIT" if commit else "ROLLBACK", None, exc,
                                            self.engine.dialect) from exc
         finally:
+            if not writer.closed and writer.raw.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    writer.raw.rollback()
             if sa is not None:
                 await sa.close()
