@@ -36,10 +36,34 @@ def configure_logging(level: str = "info", json: bool = True) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+    global _generation
+    _generation += 1
+
+
+_generation = 0  # how many times configure_logging ran: a Logger rebinds when it changes
+
+
+class Logger:
+    """A module's logger. structlog's lazy proxy builds a new bound logger on every call (~2 us,
+    and a job's life logs four times even when the level filters them out); this one keeps its
+    bound logger until ``configure_logging`` runs again. ``structlog.testing.capture_logs`` still
+    sees every call: it edits the processor list in place, and the bound logger shares that list."""
+
+    __slots__ = ("_bound", "_generation", "_name")
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._generation = -1
+        self._bound: Any = None
+
+    def __getattr__(self, method: str) -> Any:
+        if self._generation != _generation:
+            self._bound, self._generation = structlog.get_logger(self._name).bind(), _generation
+        return getattr(self._bound, method)
 
 
 def get_logger(name: str = "genloom") -> Any:
-    return structlog.get_logger(name)
+    return Logger(name)
 
 
 class Metrics:

@@ -22,7 +22,6 @@ with :func:`on_created`) and, on PostgreSQL, through NOTIFY on ``WEBHOOKS_CHANNE
 
 from __future__ import annotations
 
-import functools
 import time
 import uuid
 from collections import defaultdict
@@ -68,13 +67,19 @@ class Trigger:
 
 def db_key(conn: AsyncConnection | WriteConnection) -> str:
     """Which database a connection writes to (wake-ups and the interest summary are per database)."""
-    return _rendered(conn.engine.url)
+    url = conn.engine.url
+    found = _rendered.get(id(url))
+    if found is None or found[0] is not url:
+        if len(_rendered) >= 64:
+            _rendered.clear()
+        found = _rendered[id(url)] = (url, str(url))
+    return found[1]
 
 
-@functools.lru_cache(maxsize=64)
-def _rendered(url: URL) -> str:
-    """The URL as text: rendering it takes 8 us, and every queue write asks."""
-    return str(url)
+# Each engine URL as text, by the URL object's identity: rendering one takes several
+# microseconds, and every queue write asks (a cache keyed by the URL itself would hash it, and a
+# URL's hash renders it).
+_rendered: dict[int, tuple[URL, str]] = {}
 
 
 # -- the per-process summary of non-terminal subscriptions -----------------------------------------
