@@ -76,7 +76,9 @@ async def test_a_permanent_error_fails_at_once_with_its_code(app: App) -> None:
 
 
 async def test_a_prediction_left_behind_by_a_failed_attempt_is_cancelled(rapp: App, fake: FakeReplicate) -> None:
-    fake.script = ReplicateScript(outcome="succeed", latency=0.05)
+    # Attempt 1's cancel follows two writes and a request: the prediction must still be running
+    # then (a cancel reaching a finished prediction changes nothing, as at Replicate).
+    fake.script = ReplicateScript(outcome="succeed", latency=0.5)
     project = await make_project(rapp.core, credits=3)
     job = await submit(rapp.core, project, "replicate_wait", input={"fail_after_submit": True, "fail_attempts": 1})
     async with running(rapp):
