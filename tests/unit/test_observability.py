@@ -4,6 +4,7 @@ by capture_logs, and never writes a secret key."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import pytest
 from structlog.testing import capture_logs
@@ -12,7 +13,7 @@ from genloom.observability import configure_logging, get_logger
 
 
 @pytest.fixture(autouse=True)
-def _restore() -> object:
+def _restore() -> Iterator[None]:
     yield
     configure_logging("info")
 

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import time
 import uuid
+import weakref
 from collections import defaultdict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from genloom.lifecycle import TERMINAL_EVENTS, EventType, Status
@@ -67,19 +68,16 @@ class Trigger:
 
 def db_key(conn: AsyncConnection | WriteConnection) -> str:
     """Which database a connection writes to (wake-ups and the interest summary are per database)."""
-    url = conn.engine.url
-    found = _rendered.get(id(url))
-    if found is None or found[0] is not url:
-        if len(_rendered) >= 64:
-            _rendered.clear()
-        found = _rendered[id(url)] = (url, str(url))
-    return found[1]
+    engine = conn.engine.sync_engine
+    key = _rendered.get(engine)
+    if key is None:
+        key = _rendered[engine] = str(engine.url)
+    return key
 
 
-# Each engine URL as text, by the URL object's identity: rendering one takes several
-# microseconds, and every queue write asks (a cache keyed by the URL itself would hash it, and a
-# URL's hash renders it).
-_rendered: dict[int, tuple[URL, str]] = {}
+# Each engine's URL as text: rendering one takes several microseconds and every queue write asks
+# (a cache keyed by the URL itself would not help: a URL's hash renders it).
+_rendered: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
 
 
 # -- the per-process summary of non-terminal subscriptions -----------------------------------------
