@@ -24,7 +24,9 @@ pytestmark = pytest.mark.anyio
 
 async def parked_on_a_finished_prediction(rapp: App, fake: FakeReplicate, **script: object) -> tuple[Job, Prediction]:
     """A replicate_park job left parked (the worker stopped) on a prediction that has since succeeded."""
-    fake.script = ReplicateScript(outcome="succeed", latency=0.3, **script)  # type: ignore[arg-type]
+    # The prediction must outlive the claim, the submit and the park (0.4 s on a loaded machine):
+    # the job is seen parked only until the worker settles it.
+    fake.script = ReplicateScript(outcome="succeed", latency=1.0, **script)  # type: ignore[arg-type]
     project = await make_project(rapp.core, credits=3)
     job = await submit(rapp.core, project, "replicate_park", input={"deadline": 60})
 
