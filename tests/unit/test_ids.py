@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+import uuid
+
 from genloom.ids import canonical_json, content_address, fingerprint, new_job_id, new_lease_token
 
 
@@ -49,3 +52,16 @@ def test_random_ids_are_distinct() -> None:
     assert len({new_lease_token() for _ in range(1000)}) == 1000
     assert all(len(new_job_id()) <= 40 for _ in range(10))  # fits jobs.id
     assert all(len(new_lease_token()) <= 32 for _ in range(10))  # fits jobs.lease_token
+
+
+def test_job_ids_are_uuid7_in_creation_order() -> None:
+    """Time first, so indexes keyed by job id grow at their end; 74 random bits after it."""
+    first = new_job_id()
+    time.sleep(0.002)
+    later = [new_job_id() for _ in range(100)]
+    assert all(first < job_id for job_id in later)
+    parsed = uuid.UUID(first)
+    assert parsed.version == 7
+    assert parsed.variant == uuid.RFC_4122
+    assert abs((parsed.int >> 80) - time.time_ns() // 1_000_000) < 5_000  # its creation time, in ms
+    assert len({job_id[12:] for job_id in later}) == 100  # the random part differs within a millisecond
