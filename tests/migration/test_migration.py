@@ -13,6 +13,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, insert, pool, text
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import IntegrityError
 
 from genloom.events import EventLog
 from genloom.store import statements as q
@@ -140,6 +141,32 @@ def test_claim_uses_the_claim_index(pg_url: str, runnable: int, types: list[str]
     assert any(name == "ix_jobs_claim" for _, name in found), found
 
 
+def explain_generic(url: str, stmt: Any) -> Any:
+    """The generic plan PostgreSQL makes for ``stmt`` as a prepared statement (psycopg prepares a
+    statement it has run five times, and PostgreSQL may then plan it once for any parameters)."""
+    compiled = stmt.compile(dialect=postgresql.dialect(paramstyle="numeric_dollar"))
+    values = [compiled.params[name] for name in compiled.positiontup]
+    engine = create_engine(sync_url(url), poolclass=pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+            conn.exec_driver_sql(f"PREPARE generic AS {compiled}".replace("%", "%%"))
+            args = ", ".join(str(int(v)) for v in values)
+            plan = conn.exec_driver_sql(f"EXPLAIN (FORMAT JSON) EXECUTE generic({args})").scalar_one()
+    finally:
+        engine.dispose()
+    return json.loads(plan) if isinstance(plan, str) else plan
+
+
+def test_the_reconcilers_lease_query_uses_the_partial_lease_index(pg_url: str) -> None:
+    """ix_jobs_lease holds running jobs only; a query must name the state as a literal for a
+    generic plan to use it (a bound state would be a scan of every job, each minute)."""
+    seed_history(pg_url, 40)
+    found = scans(explain_generic(pg_url, q.expired_leases(now=2_000_000, limit=100)))
+    assert ("Seq Scan", "jobs") not in found, found
+    assert any(name == "ix_jobs_lease" for _, name in found), found
+
+
 # --- 0002: events written before the tx column stay in the feed --------------------------------
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -175,3 +202,31 @@ async def test_events_from_before_0002_are_still_in_the_feed(empty_url: str) -> 
         assert head == await log.feed_head("prj_old")
     finally:
         await db.dispose()
+
+
+# --- 0003: partial job indexes -------------------------------------------------------------------
+
+def _job(job_id: str, key: str | None) -> dict[str, Any]:
+    return {"id": job_id, "project_id": "prj", "user_id": "u", "type": "noop", "input": {"n": 1},
+            "params_hash": "x" * 64, "status": "running", "idempotency_key": key, "run_after": 1,
+            "lease_expires_at": 5, "created_at": 1, "updated_at": 1}
+
+
+def test_0003_keeps_the_jobs_and_an_idempotency_key_stays_unique(empty_url: str) -> None:
+    upgrade(empty_url, "0002")
+    engine = create_engine(sync_url(empty_url), poolclass=pool.NullPool)
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(jobs), [_job("job_a", "key-1"), _job("job_b", None)])
+        upgrade(empty_url)
+        assert diffs(empty_url) == []
+        with engine.begin() as conn:
+            kept = conn.execute(text("SELECT id, idempotency_key, input FROM jobs ORDER BY id")).all()
+            assert [(r[0], r[1]) for r in kept] == [("job_a", "key-1"), ("job_b", None)]
+            conn.execute(insert(jobs), [_job("job_c", None), _job("job_d", None)])  # no key: no conflict
+            expired = conn.execute(q.expired_leases(now=10, limit=10)).scalars().all()
+            assert sorted(expired) == ["job_a", "job_b", "job_c", "job_d"]
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            conn.execute(insert(jobs), [_job("job_e", "key-1")])
+    finally:
+        engine.dispose()

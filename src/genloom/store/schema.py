@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -55,6 +57,14 @@ api_keys = Table(
 
 #: The claim index's predicate (statements spell it the same way so the planners can use the index).
 RUNNABLE = "status IN ('queued', 'pending')"
+#: The lease index's predicate (a query must name the state as this literal to use it).
+RUNNING = "status = 'running'"
+
+
+def _partial(name: str, where: str, *columns: Any, unique: bool = False) -> Index:
+    """An index over the rows matching ``where`` only, on both databases."""
+    return Index(name, *columns, unique=unique, postgresql_where=text(where), sqlite_where=text(where))
+
 
 jobs = Table(
     "jobs",
@@ -96,14 +106,17 @@ jobs = Table(
     Column("started_at", BigInteger),
     Column("completed_at", BigInteger),
     Column("updated_at", BigInteger, nullable=False),
-    UniqueConstraint("project_id", "user_id", "idempotency_key", name="uq_jobs_idempotency"),
+    # Partial indexes hold only the rows they are searched for: a create then writes no entry
+    # into them (most jobs have no key and no provider reference) and only a running job is in
+    # the lease index, so claim and completion each move one entry, not two.
+    _partial("uq_jobs_idempotency", "idempotency_key IS NOT NULL", "project_id", "user_id", "idempotency_key",
+             unique=True),
     # The queue's only hot path: a partial index in claim order over runnable rows alone, so a
     # claim walks it from the front however many finished jobs the table holds.
-    Index("ix_jobs_claim", column("priority").desc(), "run_after", "created_at",
-          postgresql_where=text(RUNNABLE), sqlite_where=text(RUNNABLE)),
+    _partial("ix_jobs_claim", RUNNABLE, column("priority").desc(), "run_after", "created_at"),
     Index("ix_jobs_project_created", "project_id", "created_at", "id"),
-    Index("ix_jobs_lease", "status", "lease_expires_at"),
-    Index("ix_jobs_provider_ref", "provider_ref"),
+    _partial("ix_jobs_lease", RUNNING, "lease_expires_at"),
+    _partial("ix_jobs_provider_ref", "provider_ref IS NOT NULL", "provider_ref"),
 )
 
 job_events = Table(

@@ -447,10 +447,16 @@ def _complete(leases: Any, now: Any) -> Update:
     )
 
 
+def _running() -> ColumnElement[bool]:
+    """``status = 'running'`` with the state as an SQL literal, as the lease index's predicate
+    has it, so the planners can use that partial index (PostgreSQL's generic plan included)."""
+    return jobs.c.status == literal_column(f"'{Status.RUNNING.value}'")
+
+
 def expired_leases(now: int, limit: int) -> Select[Any]:
     return (
         select(jobs.c.id)
-        .where(jobs.c.status == Status.RUNNING.value, jobs.c.lease_expires_at < now)
+        .where(_running(), jobs.c.lease_expires_at < now)
         .order_by(jobs.c.lease_expires_at)
         .limit(limit)
     )
@@ -461,7 +467,7 @@ def waiting_on_provider(now: int, older_than: int, limit: int) -> Select[Any]:
     return (
         select(jobs)
         .where(
-            jobs.c.status == Status.RUNNING.value,
+            _running(),
             jobs.c.lease_token.is_(None),
             jobs.c.provider_ref.is_not(None),
             jobs.c.provider_since < older_than,
@@ -474,7 +480,7 @@ def waiting_on_provider(now: int, older_than: int, limit: int) -> Select[Any]:
 def past_deadline(now: int, limit: int) -> Select[Any]:
     return (
         select(jobs.c.id)
-        .where(jobs.c.status == Status.RUNNING.value, jobs.c.lease_token.is_(None), jobs.c.deadline < now)
+        .where(_running(), jobs.c.lease_token.is_(None), jobs.c.deadline < now)
         .limit(limit)
     )
 
