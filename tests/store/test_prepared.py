@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, event, insert, select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, StatementError
 
 from genloom.errors import Unavailable
 from genloom.store import prepared
@@ -264,3 +264,11 @@ async def test_a_transaction_whose_connection_closes_under_it_commits_nothing(db
     async with db.read() as reader:
         ids = (await reader.execute(select(jobs.c.id).order_by(jobs.c.id))).scalars().all()
     assert ids == (["job_2"] if db.dialect == "sqlite" else ["job_1", "job_2"])
+
+
+async def test_a_missing_parameter_is_refused_as_sqlalchemy_refuses_it(db: Database) -> None:
+    """A required bind parameter left out writes nothing, on either path, with SQLAlchemy's error."""
+    params = {"f_id": "job_1", "f_token": "t", "f_result_key": None, "f_result": None}  # no f_now
+    with pytest.raises(StatementError, match="f_now"):
+        async with db.tx() as conn:
+            await conn.run(q.finish_prepared(), params)

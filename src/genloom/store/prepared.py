@@ -16,11 +16,11 @@ from __future__ import annotations
 import functools
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DBAPIError, InvalidRequestError
+from sqlalchemy.exc import DBAPIError, InvalidRequestError, StatementError
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
@@ -58,20 +58,40 @@ class Plan:
     binds: tuple[tuple[str, Any, Callable[[Any], Any] | None], ...]
     columns: tuple[str, ...]
     results: tuple[Callable[[Any], Any] | None, ...]
+    # derived from the above: the hot loops below run on these (see __post_init__)
+    _names: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _fixed: tuple[Any, ...] = field(init=False, repr=False, compare=False)
+    _required: frozenset[str] = field(init=False, repr=False, compare=False)
+    _binds: tuple[tuple[int, Callable[[Any], Any]], ...] = field(init=False, repr=False, compare=False)
+    _reads: tuple[tuple[str, Callable[[Any], Any]], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        """Only a few parameters and columns have a processor (JSON, booleans): the loops visit
+        those alone, and the rest is copied by C code (map, zip, dict)."""
+        set_ = functools.partial(object.__setattr__, self)
+        set_("_names", tuple(name for name, _, _ in self.binds))
+        set_("_fixed", tuple(fixed for _, fixed, _ in self.binds))
+        set_("_required", frozenset(name for name, fixed, _ in self.binds if fixed is _REQUIRED))
+        set_("_binds", tuple((i, p) for i, (_, _, p) in enumerate(self.binds) if p is not None))
+        set_("_reads", tuple((c, p) for c, p in zip(self.columns, self.results, strict=True) if p is not None))
 
     def args(self, params: Mapping[str, Any]) -> list[Any]:
-        out = []
-        for name, fixed, process in self.binds:
-            value = params.get(name, fixed)
-            if value is _REQUIRED:
-                raise InvalidRequestError(f"A value is required for bind parameter {name!r}")
-            out.append(value if process is None else process(value))
+        if not params.keys() >= self._required:
+            missing = sorted(self._required - params.keys())
+            cause = InvalidRequestError(f"A value is required for bind parameter {missing[0]!r}")
+            raise StatementError(str(cause), self.sql, dict(params), cause)  # as SQLAlchemy wraps it
+        out = list(map(params.get, self._names, self._fixed))
+        for i, process in self._binds:
+            out[i] = process(out[i])
         return out
 
     def rows(self, cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
-        cols, procs = self.columns, self.results
-        return [{k: (v if p is None else p(v)) for k, v, p in zip(cols, row, procs, strict=True)}
-                for row in cursor.fetchall()]
+        cols, reads = self.columns, self._reads
+        out = [dict(zip(cols, row, strict=True)) for row in cursor.fetchall()]
+        for row in out:
+            for col, process in reads:
+                row[col] = process(row[col])
+        return out
 
 
 def plan(stmt: Executable, dialect: Dialect, keys: Sequence[str], many: bool) -> Plan | None:
