@@ -79,6 +79,9 @@ class Finish:
     result_key: str | None = None
     result: dict[str, Any] | None = None
     events: tuple[EventSpec, ...] = ()
+    #: The lease holder's current copy of the job (all its writes of the attempt included), when
+    #: it has one: on SQLite the completed job is then built from it, not read back.
+    job: Job | None = None
 
 
 class Jobs:
@@ -283,11 +286,8 @@ class Jobs:
             async with unit(self.db, self.notifier) as u:
                 for i in rest:
                     f = finishes[i]
-                    params = {"f_id": f.job_id, "f_token": f.lease_token, "f_now": now,
-                              "f_result_key": f.result_key, "f_result": f.result}
-                    found = await u.conn.fetch(q.finish_prepared(), params)
-                    if found:  # the common case: one prepared statement
-                        row = found[0]
+                    row = await self._finish_one(u, f, now)
+                    if row is not None:  # the common case: one prepared statement
                         out[i] = job = Job.from_row(row)
                         u.add_events(row, [*f.events, EventSpec(EventType.COMPLETED)], now)
                         u.after_commit.append(functools.partial(
@@ -298,6 +298,23 @@ class Jobs:
                     except (InvalidTransition, NotFound) as exc:  # raised before it wrote anything
                         out[i] = exc
         return [out[i] for i in range(len(finishes))]
+
+    async def _finish_one(self, u: Unit, f: Finish, now: int) -> dict[str, Any] | None:
+        """Complete one job with its fenced UPDATE; the completed row, or None when the UPDATE
+        matched nothing (a cancel request or a lost lease: the caller's checked path says which).
+
+        SQLite, given the lease holder's copy of the job: the row is that copy with what
+        completing sets. Reading it back (RETURNING) cost SQLite more than the UPDATE itself:
+        28 us a job against 12. Nobody else writes a running job whose lease is held and that
+        has no cancel request, which the UPDATE's WHERE checks."""
+        params = {"f_id": f.job_id, "f_token": f.lease_token, "f_now": now,
+                  "f_result_key": f.result_key, "f_result": f.result}
+        if f.job is None or u.postgres:
+            found = await u.conn.fetch(q.finish_prepared(), params)
+            return found[0] if found else None
+        if await u.conn.run(q.finish_prepared(returning=False), params) != 1:
+            return None
+        return f.job.__dict__ | q.finished(now, f.result_key, f.result)
 
     async def _finish_in(self, u: Unit, f: Finish, provider_ref: str | None = None) -> Job:
         row = await self.lock(u, f.job_id)

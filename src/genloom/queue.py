@@ -195,32 +195,31 @@ class Queue:
         completions of this process's jobs that end together are written in one commit."""
         await self._after_start(job)
         return await self._finishes.submit(
-            Finish(job.id, job.lease_token, result_key, result, tuple(events))
+            Finish(job.id, job.lease_token, result_key, result, tuple(events), job=job)
         )
 
     async def complete_many(self, jobs: Sequence[Job]) -> list[Job]:
-        """Finish a batch of no-output jobs in one statement and one event insert (on PostgreSQL
-        one statement in all for those whose completion owes no webhook delivery)."""
+        """Finish a batch of no-output jobs the caller holds in one transaction (on PostgreSQL one
+        statement in all for those whose completion owes no webhook delivery). A job with a
+        cancel request ends cancelled; one whose lease is lost is left out (and logged)."""
         if not jobs:
             return []
+        if not self.db.is_postgres:  # a prepared statement per job, straight on the sqlite3 connection
+            answers = await self.jobs.finish_many([Finish(j.id, j.lease_token, job=j) for j in jobs])
+            for job, answer in zip(jobs, answers, strict=True):
+                if isinstance(answer, Exception):
+                    log.warning("job.write_refused", job_id=job.id, reason=answer.code)
+            return [a for a in answers if isinstance(a, Job)]
         now = self._now()
         leases = [(j.id, j.lease_token or "") for j in jobs]
-        rows: list[Any] = []
-        if self.db.is_postgres:  # one statement for the jobs nobody awaits a webhook of
-            async with self.db.kept("complete") as conn:
-                rows = list((await conn.execute(q.complete_quiet_pg(), q.complete_params(leases, now))).mappings())
-            quiet = {r["id"] for r in rows}
-            leases = [lease for lease in leases if lease[0] not in quiet]
+        async with self.db.kept("complete") as conn:  # the jobs nobody awaits a webhook of
+            rows = list((await conn.execute(q.complete_quiet_pg(), q.complete_params(leases, now))).mappings())
+        quiet = {r["id"] for r in rows}
+        leases = [lease for lease in leases if lease[0] not in quiet]
         if leases:
             async with unit(self.db, self.notifier) as u:
-                if u.postgres:
-                    stmt = q.complete_prepared()
-                    hooked = [dict(r) for r in (await u.conn.execute(stmt, q.complete_params(leases, now))).mappings()]
-                else:  # a prepared statement per job, straight on the sqlite3 connection
-                    hooked = []
-                    for job_id, token in leases:
-                        hooked += await u.conn.fetch(q.finish_prepared(), {
-                            "f_id": job_id, "f_token": token, "f_now": now, "f_result_key": None, "f_result": None})
+                stmt = q.complete_prepared()
+                hooked = [dict(r) for r in (await u.conn.execute(stmt, q.complete_params(leases, now))).mappings()]
                 for row in hooked:
                     u.add_events(row, [EventSpec(EventType.COMPLETED)], now)
             rows += hooked

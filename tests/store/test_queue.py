@@ -313,6 +313,23 @@ async def test_complete_many(core: Any) -> None:
     assert await core.queue.complete_many([]) == []
 
 
+async def test_a_completed_job_is_returned_as_the_database_holds_it(core: Any) -> None:
+    """On SQLite a completion builds the job it returns from the worker's copy instead of reading
+    the row back: it must be the row, whatever the attempt wrote before it (a provider
+    reference, progress, a stage)."""
+    project = await make_project(core, billing=False)
+    for i in range(3):
+        await create(core, project, input={"i": i, "nested": {"ok": [1, 2.5, None]}})
+    a, b, c = await core.queue.claim("w", limit=3)
+    a = await core.queue.touch(a, values={"stage": "vision", "progress": 0.4, "provider": "local",
+                                          "provider_ref": "pred_1", "provider_since": 5})
+    done = await core.queue.complete(a, result_key="out/a.mp4", result={"frames": 48, "tags": ["x"]})
+    assert done == await core.jobs.get(a.id)
+    assert (done.status, done.provider_ref, done.result) == (Status.COMPLETED, "pred_1", {"frames": 48, "tags": ["x"]})
+    for job in await core.queue.complete_many([b, c]):
+        assert job == await core.jobs.get(job.id)
+
+
 async def test_complete_many_honours_a_cancel_request(core: Any) -> None:
     """Like complete(): a job whose cancel was requested ends cancelled (and refunded)."""
     project = await make_project(core, credits=2)

@@ -343,27 +343,29 @@ def _quiet() -> ColumnElement[bool]:
     return and_(jobs.c.webhook_url.is_(None), ~endpoint)
 
 
-def _finished(now: Any, result_key: Any, result: Any) -> dict[str, Any]:
-    """What completing a job sets (``Jobs.apply`` for ``completed``, written out)."""
+def finished(now: Any, result_key: Any, result: Any) -> dict[str, Any]:
+    """What completing a job sets (``Jobs.apply`` for ``completed``, written out), as SQL
+    expressions or, given plain values, as the values a completed row then holds."""
     return {"status": Status.COMPLETED.value, "completed_at": now, "updated_at": now, "progress": 1.0,
             "stage": None, "lease_owner": None, "lease_token": None, "lease_expires_at": None,
             "error_code": None, "error_message": None, "result_key": result_key, "result": result}
 
 
 @prepared
-def finish_prepared() -> Update:
+def finish_prepared(returning: bool = True) -> Update:
     """A worker's completion of one job (``f_id``, fenced by ``f_token``; ``f_result_key``,
     ``f_result``, ``f_now``) inside the caller's transaction, which writes its events. Built
-    once. It matches nothing for a job with a cancel request or a lost lease."""
+    once. It matches nothing for a job with a cancel request or a lost lease. ``returning``:
+    the completed row comes back (else only the count of rows it matched)."""
     now = bindparam("f_now", type_=BigInteger)
-    return (
+    stmt = (
         update(jobs)
         .where(jobs.c.id == bindparam("f_id"), jobs.c.lease_token == bindparam("f_token"),
                jobs.c.status == Status.RUNNING.value, jobs.c.cancel_requested.is_(False))
-        .values(_finished(now, bindparam("f_result_key", type_=String),
-                          bindparam("f_result", type_=jobs.c.result.type)))
-        .returning(*jobs.c)
+        .values(finished(now, bindparam("f_result_key", type_=String),
+                         bindparam("f_result", type_=jobs.c.result.type)))
     )
+    return stmt.returning(*jobs.c) if returning else stmt
 
 
 @prepared
@@ -386,7 +388,7 @@ def finish_quiet_pg() -> Select[Any]:
         update(jobs)
         .where(jobs.c.id == plan.c.id, jobs.c.lease_token == plan.c.token, jobs.c.status == Status.RUNNING.value,
                jobs.c.cancel_requested.is_(False), _quiet())
-        .values(_finished(now, plan.c.result_key, cast(plan.c.result, jobs.c.result.type)))
+        .values(finished(now, plan.c.result_key, cast(plan.c.result, jobs.c.result.type)))
         .returning(*jobs.c)
         .cte("done")
     )
@@ -442,7 +444,7 @@ def _complete(leases: Any, now: Any) -> Update:
         update(jobs)
         .where(tuple_(jobs.c.id, jobs.c.lease_token).in_(leases), jobs.c.status == Status.RUNNING.value,
                jobs.c.cancel_requested.is_(False))
-        .values(_finished(now, None, None))
+        .values(finished(now, None, None))
         .returning(*jobs.c)
     )
 
