@@ -272,3 +272,14 @@ async def test_a_missing_parameter_is_refused_as_sqlalchemy_refuses_it(db: Datab
     with pytest.raises(StatementError, match="f_now"):
         async with db.tx() as conn:
             await conn.run(q.finish_prepared(), params)
+
+
+async def test_an_empty_object_is_stored_as_json_and_read_back_as_a_new_dict(db: Database) -> None:
+    """The engines' JSON fast path for ``{}``: the same text as json.dumps, and each read its own dict."""
+    async with db.tx() as conn:
+        await conn.run(q.insert_job(), [new_job("job_a", input={}), new_job("job_b", input={})])
+    a, b = await stored(db, "job_a"), await stored(db, "job_b")
+    assert a["raw_input"] == b["raw_input"] == "{}"
+    assert a["input"] == b["input"] == {}
+    a["input"]["changed"] = True
+    assert b["input"] == {}

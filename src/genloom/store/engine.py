@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -69,6 +70,21 @@ def _sqlite_reader(engine: AsyncEngine) -> None:
         conn.exec_driver_sql("BEGIN")
 
 
+
+def _json_dumps(value: Any) -> str:
+    """``json.dumps``, but the empty object (the data of most events) is not encoded each time."""
+    return "{}" if type(value) is dict and not value else json.dumps(value)
+
+
+def _json_loads(text: str | bytes) -> Any:
+    """``json.loads``, but the empty object is a new dict without a parse."""
+    return {} if text == "{}" else json.loads(text)
+
+
+#: The JSON columns' (de)serialisers on every engine (a prepared statement compiles with them).
+_JSON: dict[str, Any] = {"json_serializer": _json_dumps, "json_deserializer": _json_loads}
+
+
 class Database:
     """Engines for one database: ``tx()`` for writes, ``read()`` for reads."""
 
@@ -85,12 +101,12 @@ class Database:
         if self.dialect == "sqlite":
             # One write connection per process, on the loop's thread (see sqlite_writer); reads
             # on aiosqlite's threads.
-            self.reader = create_async_engine(self.url, pool_size=8, max_overflow=8)
+            self.reader = create_async_engine(self.url, pool_size=8, max_overflow=8, **_JSON)
             _sqlite_reader(self.reader)
             args, opts = self.reader.dialect.create_connect_args(make_url(self.url))
             kwargs = dict(opts)
             self.engine = create_async_engine(self.url, pool_size=1, max_overflow=0, async_creator=(
-                sqlite_writer.connector(args, kwargs, SQLITE_BUSY_WAIT)))
+                sqlite_writer.connector(args, kwargs, SQLITE_BUSY_WAIT)), **_JSON)
             self._checkpointer = sqlite_writer.Checkpointer(args, kwargs, self._write_lock)
         else:
             # No pre-ping (a round trip per checkout): a connection the server dropped fails its
@@ -101,14 +117,14 @@ class Database:
             # closed when returned). Kept any smaller, a steadily busy process opened and closed a
             # connection (a PostgreSQL backend) per statement above the kept number.
             kept, extra = pool_size, pool_size
-            self.engine = create_async_engine(self.url, pool_size=kept, max_overflow=extra)
+            self.engine = create_async_engine(self.url, pool_size=kept, max_overflow=extra, **_JSON)
             # Each statement its own transaction, for reads and for the writes that are one
             # statement (data-modifying CTEs): one round trip where BEGIN, it and COMMIT (or the
             # pool's ROLLBACK) were three. Reads lose nothing: under READ COMMITTED every statement
             # of a transaction takes its own snapshot anyway. A pool of its own, so connections are
             # switched to autocommit once, not on every checkout, and hold no transaction to roll
             # back when returned.
-            self.reader = create_async_engine(self.url, pool_size=kept, max_overflow=extra,
+            self.reader = create_async_engine(self.url, pool_size=kept, max_overflow=extra, **_JSON,
                                               isolation_level="AUTOCOMMIT", pool_reset_on_return=None)
 
     @property
