@@ -405,7 +405,7 @@ class Jobs:
             log.info("job.failed", job_id=job.id, project_id=job.project_id, request_id=request_id,
                      error_code=job.error_code, error_message=job.error_message)
         if self.metrics is not None:
-            self.metrics.transitions.labels(job.type, to.value).inc()
+            self.metrics.transitioned(job.type, to.value)
 
     # -- cancel and retry ----------------------------------------------------
     async def cancel(

@@ -1,5 +1,5 @@
 """Logging set-up: a module's logger follows every configure_logging (level and output), is seen
-by capture_logs, and never writes a secret key."""
+by capture_logs, and never writes a secret key. Metrics: transitions counted per type and state."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from structlog.testing import capture_logs
 
-from genloom.observability import configure_logging, get_logger
+from genloom.observability import Metrics, configure_logging, get_logger
 
 
 @pytest.fixture(autouse=True)
@@ -50,3 +50,16 @@ def test_secret_keys_never_reach_a_log_line(capsys: pytest.CaptureFixture[str]) 
     get_logger("genloom.probe").warning("probe.leak", detail="bad key sk_live_abcdef123456 given", ok="pk_abcdefghij")
     (got,) = lines(capsys.readouterr().err)
     assert got["detail"] == "bad key sk_******** given" and got["ok"] == "pk_abcdefghij"
+
+
+def test_transitions_are_counted_per_type_and_state() -> None:
+    metrics = Metrics()
+    for _ in range(3):
+        metrics.transitioned("motion", "completed")
+    metrics.transitioned("motion", "failed")
+    metrics.transitioned("tts", "completed")
+    value = metrics.registry.get_sample_value
+    assert value("genloom_job_transitions_total", {"type": "motion", "to": "completed"}) == 3
+    assert value("genloom_job_transitions_total", {"type": "motion", "to": "failed"}) == 1
+    assert value("genloom_job_transitions_total", {"type": "tts", "to": "completed"}) == 1
+    assert value("genloom_job_transitions_total", {"type": "tts", "to": "failed"}) is None
