@@ -613,6 +613,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="N=2000 and only the prefilled runs: no concurrent, "
                     "unmetered or info-log runs, no second pgqueuer driver (well under two minutes)")
     ap.add_argument("--no-sqlite", action="store_true")
+    ap.add_argument("--only", default="", help="run only the genloom scenarios whose label contains this "
+                    "(e.g. 'concurrent'); the raw baselines still run")
     ap.add_argument("--no-pgqueuer", action="store_true")
     ap.add_argument("--pgq-driver", choices=["auto", "asyncpg", "psycopg"], default="auto",
                     help="pgqueuer driver (auto: asyncpg, the one its CLI picks first, when installed)")
@@ -668,7 +670,7 @@ def main() -> None:
                 scenarios.append(Run("prefilled, unmetered", backend, 4, "prefilled", billing=False))
                 if backend == "postgresql":
                     scenarios.append(Run("prefilled, info logs", backend, 4, "prefilled", log_level="info"))
-            for r in scenarios:
+            for r in [r for r in scenarios if args.only in r.label]:
                 prof = args.profile and backend == "postgresql" and r.workers == 4 and r.label == "prefilled"
                 run_genloom(fresh(f"{r.mode[:3]}{r.workers}"), r, n, batch, cc, profile=prof,
                             server=server if backend == "postgresql" else None)
