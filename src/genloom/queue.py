@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from genloom.clock import Clock, ms
-from genloom.errors import InvalidTransition, LeaseLost
+from genloom.errors import LeaseLost
 from genloom.group_commit import GroupCommit
 from genloom.ids import new_lease_token
 from genloom.jobs import Finish, Jobs
@@ -199,42 +199,21 @@ class Queue:
         )
 
     async def complete_many(self, jobs: Sequence[Job]) -> list[Job]:
-        """Finish a batch of no-output jobs the caller holds in one transaction (on PostgreSQL one
-        statement in all for those whose completion owes no webhook delivery). A job with a
-        cancel request ends cancelled; one whose lease is lost is left out (and logged)."""
-        if not jobs:
-            return []
-        if not self.db.is_postgres:  # a prepared statement per job, straight on the sqlite3 connection
-            answers = await self.jobs.finish_many([Finish(j.id, j.lease_token, job=j) for j in jobs])
-            for job, answer in zip(jobs, answers, strict=True):
-                if isinstance(answer, Exception):
-                    log.warning("job.write_refused", job_id=job.id, reason=answer.code)
-            return [a for a in answers if isinstance(a, Job)]
-        now = self._now()
-        leases = [(j.id, j.lease_token or "") for j in jobs]
-        async with self.db.kept("complete") as conn:  # the jobs nobody awaits a webhook of
-            rows = list((await conn.execute(q.complete_quiet_pg(), q.complete_params(leases, now))).mappings())
-        quiet = {r["id"] for r in rows}
-        leases = [lease for lease in leases if lease[0] not in quiet]
-        if leases:
-            async with unit(self.db, self.notifier) as u:
-                stmt = q.complete_prepared()
-                hooked = [dict(r) for r in (await u.conn.execute(stmt, q.complete_params(leases, now))).mappings()]
-                for row in hooked:
-                    u.add_events(row, [EventSpec(EventType.COMPLETED)], now)
-            rows += hooked
-        done = [Job.from_row(r) for r in rows]
-        for job in done:
-            log.info("job.transition", job_id=job.id, project_id=job.project_id, request_id=job.request_id,
-                     from_status="running", to_status="completed")
-        finished = {j.id for j in done}
-        for job in jobs:  # the rest: a cancel request (ends cancelled) or a lost lease (refused)
-            if job.id not in finished:
-                try:
-                    done.append(await self.jobs.finish(job.id, lease_token=job.lease_token))
-                except InvalidTransition as exc:
-                    log.warning("job.write_refused", job_id=job.id, reason=exc.code)
-        return done
+        """Finish a batch of no-output jobs the caller holds, in one commit, as ``complete`` would
+        each (on PostgreSQL one statement for those whose completion owes no webhook delivery).
+        A job with a cancel request ends cancelled; one whose lease is lost is left out (logged)."""
+        held: list[Job] = []
+        for job in jobs:
+            try:
+                await self._after_start(job)
+                held.append(job)
+            except LeaseLost as exc:
+                log.warning("job.write_refused", job_id=job.id, reason=exc.code)
+        answers = await self.jobs.finish_many([Finish(j.id, j.lease_token, job=j) for j in held])
+        for job, answer in zip(held, answers, strict=True):
+            if isinstance(answer, Exception):
+                log.warning("job.write_refused", job_id=job.id, reason=answer.code)
+        return [a for a in answers if isinstance(a, Job)]
 
     async def fail(self, job: Job, decision: Decision, message: str, events: Sequence[EventSpec] = ()) -> Job:
         """Requeue with backoff (a ``retry_scheduled`` event) or fail for good (refunded)."""

@@ -328,15 +328,6 @@ def create_pg(columns: tuple[str, ...], billed: bool) -> Select[Any]:
     return stmt
 
 
-@prepared
-def complete_quiet_pg() -> Select[Any]:
-    """``complete_prepared`` with the jobs' ``completed`` events, for the jobs whose completion
-    owes no webhook delivery (no ``webhook_url``, no enabled endpoint in their project): those
-    need the delivery rows in the same transaction, and are left for the caller's other path."""
-    done = _complete(bindparam("b_leases", expanding=True), bindparam("b_now")).where(_quiet()).cte("done")
-    return select(done).add_cte(_one_event_each(done, EventType.COMPLETED, bindparam("b_now", type_=BigInteger)))
-
-
 def _quiet() -> ColumnElement[bool]:
     """The job owes no webhook delivery: no ``webhook_url`` and no enabled endpoint in its project."""
     endpoint = exists().where(webhook_endpoints.c.project_id == jobs.c.project_id, webhook_endpoints.c.enabled)
@@ -369,14 +360,15 @@ def finish_prepared(returning: bool = True) -> Update:
 
 
 @prepared
-def finish_quiet_pg() -> Select[Any]:
+def finish_quiet_pg(rows: bool = True) -> Select[Any]:
     """Workers' completions of many jobs, each with its events (the stage's pending ones, then
     ``completed``), in one statement. The jobs as arrays ``f_ids``, ``f_tokens`` (each job fenced
     by its lease token), ``f_result_keys``, ``f_results`` (JSON text); ``f_now`` stamps them. The
     events as arrays ``e_ids`` (the job each is for), ``e_types``, ``e_stages``, ``e_latency``,
     ``e_codes``, ``e_msgs``, ``e_data`` (JSON text), written in array order. A job with a cancel
     request, one owed a webhook delivery, or one whose lease is gone matches nothing and gets no
-    events: the caller's transaction handles each of those."""
+    events: the caller's transaction handles each of those. It returns the completed rows, or
+    with ``rows=False`` only their ids."""
     plan = select(
         func.unnest(bindparam("f_ids", type_=ARRAY(String))).label("id"),
         func.unnest(bindparam("f_tokens", type_=ARRAY(String))).label("token"),
@@ -399,7 +391,7 @@ def finish_quiet_pg() -> Select[Any]:
         bindparam("e_msgs", type_=ARRAY(Text)), bindparam("e_data", type_=ARRAY(Text)),
     ).table_valued("job_id", "type", "stage", "latency_ms", "error_code", "error_msg", "data", with_ordinality="n"
                    ).render_derived(name="spec")
-    rows = (
+    events = (
         select(done.c.id, done.c.project_id, specs.c.type, now, done.c.attempt, specs.c.stage, specs.c.latency_ms,
                specs.c.error_code, specs.c.error_msg, done.c.request_id, cast(specs.c.data, JSON), _CURRENT_TX)
         .select_from(done).join(specs, specs.c.job_id == done.c.id)
@@ -407,7 +399,8 @@ def finish_quiet_pg() -> Select[Any]:
     )
     cols = ["job_id", "project_id", "type", "ts", "attempt", "stage", "latency_ms", "error_code", "error_msg",
             "request_id", "data", "tx"]
-    return select(done).add_cte(_event_insert(rows, done.c.id, cols=cols).cte("finish_events"))
+    out = select(done) if rows else select(done.c.id)
+    return out.add_cte(_event_insert(events, done.c.id, cols=cols).cte("finish_events"))
 
 
 def heartbeat_batch(worker_id: str, leases: Sequence[tuple[str, str]], until: int, now: int) -> Update:
@@ -420,32 +413,6 @@ def heartbeat_batch(worker_id: str, leases: Sequence[tuple[str, str]], until: in
         )
         .values(lease_expires_at=until, updated_at=now)
         .returning(jobs.c.id)
-    )
-
-
-def complete_batch(leases: Sequence[tuple[str, str]], now: int) -> Update:
-    """Finish many running jobs in one statement (no-op and fast pipelines); a job whose cancel
-    was requested is left for the one-by-one path, which ends it cancelled."""
-    return _complete(list(leases), now)
-
-
-@prepared
-def complete_prepared() -> Update:
-    """``complete_batch`` built once with bind parameters, for ``complete_params``."""
-    return _complete(bindparam("b_leases", expanding=True), bindparam("b_now"))
-
-
-def complete_params(leases: Sequence[tuple[str, str]], now: int) -> dict[str, Any]:
-    return {"b_leases": list(leases), "b_now": now}
-
-
-def _complete(leases: Any, now: Any) -> Update:
-    return (
-        update(jobs)
-        .where(tuple_(jobs.c.id, jobs.c.lease_token).in_(leases), jobs.c.status == Status.RUNNING.value,
-               jobs.c.cancel_requested.is_(False))
-        .values(finished(now, None, None))
-        .returning(*jobs.c)
     )
 
 
