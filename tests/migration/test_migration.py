@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, insert, pool, text
@@ -18,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from genloom.events import EventLog
 from genloom.store import statements as q
 from genloom.store.engine import Database, sync_url
-from genloom.store.migrate import current, head, is_current, upgrade
+from genloom.store.migrate import alembic_config, current, head, is_current, upgrade
 from genloom.store.schema import jobs, metadata, on_dialect
 from tests.dbs import PgTemplates, libpq, pg_admin
 
@@ -228,5 +229,10 @@ def test_0003_keeps_the_jobs_and_an_idempotency_key_stays_unique(empty_url: str)
             assert sorted(expired) == ["job_a", "job_b", "job_c", "job_d"]
         with pytest.raises(IntegrityError), engine.begin() as conn:
             conn.execute(insert(jobs), [_job("job_e", "key-1")])
+        command.downgrade(alembic_config(empty_url), "0002")  # and back: the jobs stay
+        with engine.begin() as conn:
+            assert conn.execute(text("SELECT count(*) FROM jobs")).scalar_one() == 4
+        upgrade(empty_url)
+        assert diffs(empty_url) == []
     finally:
         engine.dispose()
