@@ -80,7 +80,7 @@ class Finish:
     result: dict[str, Any] | None = None
     events: tuple[EventSpec, ...] = ()
     #: The lease holder's current copy of the job (all its writes of the attempt included), when
-    #: it has one: on SQLite the completed job is then built from it, not read back.
+    #: it has one: the completed job is then built from it, not read back (``_completed``).
     job: Job | None = None
 
 
