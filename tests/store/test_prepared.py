@@ -174,7 +174,7 @@ def test_only_what_sqlite_can_run_as_compiled_is_planned() -> None:
     claim = q.claim_prepared(False, False)
     keys = sorted(q.claim_params(worker_id="w", token="t", now=1, lease_until=2, limit=1, types=None))
     found = prepared.plan(claim, dialect, keys, False)
-    assert found is not None and found.sql.count("?") == len(found.binds)
+    assert found is not None and found.sql.count("?") == len(found.names)
     typed_keys = sorted(q.claim_params(worker_id="w", token="t", now=1, lease_until=2, limit=1, types=["a"]))
     assert prepared.plan(q.claim_prepared(False, True), dialect, typed_keys, False) is None  # IN (...) expands
     table = Table("defaults_probe", MetaData(), Column("id", String, primary_key=True), Column("n", Integer, default=5))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from sqlalchemy.engine import Dialect
@@ -29,7 +29,6 @@ F = TypeVar("F", bound=Callable[..., Executable])
 
 _PREPARED: dict[int, Executable] = {}  # by id; holding the statement keeps its id unique
 _PLANS: dict[tuple[int, tuple[str, ...], bool], Plan | None] = {}
-_REQUIRED = object()  # a bind parameter the caller must supply
 
 
 def prepared(factory: F) -> F:
@@ -50,43 +49,31 @@ def is_prepared(stmt: Executable) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """A statement as sqlite3 runs it: its SQL, where each positional parameter comes from (the
-    caller's parameters, or a value fixed in the statement) with its bind processor, and the
-    result columns' names and processors."""
+    """A statement as sqlite3 runs it. Its positional parameters are ``names``, each the caller's
+    parameter of that name or else the value ``fixed`` in the statement (``required`` ones have
+    none); its result ``columns``. Only a few of either pass through a processor (JSON,
+    booleans): ``binds`` and ``reads`` list those alone, and the rest is copied by C code."""
 
     sql: str
-    binds: tuple[tuple[str, Any, Callable[[Any], Any] | None], ...]
+    names: tuple[str, ...]
+    fixed: tuple[Any, ...]
+    required: frozenset[str]
+    binds: tuple[tuple[int, Callable[[Any], Any]], ...]  # (position, bind processor)
     columns: tuple[str, ...]
-    results: tuple[Callable[[Any], Any] | None, ...]
-    # derived from the above: the hot loops below run on these (see __post_init__)
-    _names: tuple[str, ...] = field(init=False, repr=False, compare=False)
-    _fixed: tuple[Any, ...] = field(init=False, repr=False, compare=False)
-    _required: frozenset[str] = field(init=False, repr=False, compare=False)
-    _binds: tuple[tuple[int, Callable[[Any], Any]], ...] = field(init=False, repr=False, compare=False)
-    _reads: tuple[tuple[str, Callable[[Any], Any]], ...] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        """Only a few parameters and columns have a processor (JSON, booleans): the loops visit
-        those alone, and the rest is copied by C code (map, zip, dict)."""
-        set_ = functools.partial(object.__setattr__, self)
-        set_("_names", tuple(name for name, _, _ in self.binds))
-        set_("_fixed", tuple(fixed for _, fixed, _ in self.binds))
-        set_("_required", frozenset(name for name, fixed, _ in self.binds if fixed is _REQUIRED))
-        set_("_binds", tuple((i, p) for i, (_, _, p) in enumerate(self.binds) if p is not None))
-        set_("_reads", tuple((c, p) for c, p in zip(self.columns, self.results, strict=True) if p is not None))
+    reads: tuple[tuple[str, Callable[[Any], Any]], ...]  # (column, result processor)
 
     def args(self, params: Mapping[str, Any]) -> list[Any]:
-        if not params.keys() >= self._required:
-            missing = sorted(self._required - params.keys())
+        if not params.keys() >= self.required:
+            missing = sorted(self.required - params.keys())
             cause = InvalidRequestError(f"A value is required for bind parameter {missing[0]!r}")
             raise StatementError(str(cause), self.sql, dict(params), cause)  # as SQLAlchemy wraps it
-        out = list(map(params.get, self._names, self._fixed))
-        for i, process in self._binds:
+        out = list(map(params.get, self.names, self.fixed))
+        for i, process in self.binds:
             out[i] = process(out[i])
         return out
 
     def rows(self, cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
-        cols, reads = self.columns, self._reads
+        cols, reads = self.columns, self.reads
         out = [dict(zip(cols, row, strict=True)) for row in cursor.fetchall()]
         for row in out:
             for col, process in reads:
@@ -116,16 +103,18 @@ def _compile(stmt: Executable, dialect: Dialect, keys: Sequence[str], many: bool
             or compiled.post_compile_params or compiled.literal_execute_params or compiled.escaped_bind_names):
         return None
     processors = compiled._bind_processors
-    binds: list[tuple[str, Any, Callable[[Any], Any] | None]] = []
-    for name in compiled.positiontup:
-        bind = compiled.binds[name]
-        if bind.callable is not None or bind.expanding:
-            return None
-        process = cast(Callable[[Any], Any] | None, processors.get(name))
-        binds.append((name, _REQUIRED if bind.required else bind.value, process))
-    columns = tuple(c.keyname for c in compiled._result_columns)
-    results = tuple(c.type._cached_result_processor(dialect, None) for c in compiled._result_columns)
-    return Plan(compiled.string, tuple(binds), columns, results)
+    names = tuple(compiled.positiontup)
+    params = [compiled.binds[name] for name in names]
+    if any(bind.callable is not None or bind.expanding for bind in params):
+        return None
+    binds = tuple((i, cast(Callable[[Any], Any], process)) for i, name in enumerate(names)
+                  if (process := processors.get(name)) is not None)
+    result_columns = compiled._result_columns
+    reads = tuple((c.keyname, process) for c in result_columns
+                  if (process := c.type._cached_result_processor(dialect, None)) is not None)
+    return Plan(compiled.string, names, tuple(bind.value for bind in params),
+                frozenset(name for name, bind in zip(names, params, strict=True) if bind.required), binds,
+                tuple(c.keyname for c in result_columns), reads)
 
 
 def wrapped(sql: str, params: Any, exc: sqlite3.Error, dialect: Dialect) -> DBAPIError:
