@@ -31,6 +31,7 @@ from genloom.lifecycle import EventType, Status
 from genloom.models import EventSpec, Job, Project
 from genloom.notify import Notifier
 from genloom.observability import Metrics, get_logger
+from genloom.store import prepared
 from genloom.store import statements as q
 from genloom.store.engine import Database, db_wide
 from genloom.store.unit import Unit, unit
@@ -179,7 +180,7 @@ class Jobs:
             async with self.db.kept("create") as conn:
                 if not await outbox.interested(conn, (EventType.QUEUED,)):
                     params = {f"j_{k}": v for k, v in values.items()}
-                    if not (await conn.execute(q.create_pg(tuple(values), billed), params)).first():
+                    if not await prepared.fetch_pg(conn, q.create_pg(tuple(values), billed), params):
                         raise credits.insufficient(cost)
                     return self._created(values, project, request_id, sync)
         async with unit(self.db, self.notifier) as u:
@@ -352,12 +353,12 @@ class Jobs:
         async with self.db.kept("finish") as conn:
             if await outbox.interested(conn, {e.type for _, e in specs}):
                 return {}
-            result = await conn.execute(q.finish_quiet_pg(rows=not held), params)
+            rows = await prepared.fetch_pg(conn, q.finish_quiet_pg(rows=not held), params)
             if held:
-                ids = set(result.scalars().all())
+                ids = {r["id"] for r in rows}
                 done = {f.job_id: Job.from_row(_completed(f, now)) for f in finishes if f.job_id in ids}
             else:
-                done = {str(r["id"]): Job.from_row(r) for r in result.mappings().all()}
+                done = {str(r["id"]): Job.from_row(r) for r in rows}
         for job in done.values():
             self._logged(job, Status.RUNNING, Status.COMPLETED, None)
         return {i: done[f.job_id] for i, f in enumerate(finishes) if f.job_id in done}

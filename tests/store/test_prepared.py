@@ -1,7 +1,7 @@
-"""Prepared statements run straight on SQLite's write connection (store/prepared.py, store/writes.py):
-what they write and read back must be exactly what SQLAlchemy writes and reads, in the same
-transaction as SQLAlchemy's statements, with SQLAlchemy's errors. On PostgreSQL the same calls go
-through SQLAlchemy, and the same assertions hold."""
+"""Prepared statements run straight on the driver (store/prepared.py, store/writes.py): SQLite's
+write connection, PostgreSQL's psycopg connection. What they write and read back must be exactly
+what SQLAlchemy writes and reads, in the same transaction as SQLAlchemy's statements, with
+SQLAlchemy's errors; the same assertions hold on both databases."""
 
 from __future__ import annotations
 
@@ -11,8 +11,23 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, event, insert, select, text
-from sqlalchemy.exc import IntegrityError, StatementError
+from sqlalchemy import (
+    Column,
+    Float,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    bindparam,
+    cast,
+    event,
+    insert,
+    literal_column,
+    select,
+    text,
+)
+from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 
 from genloom.errors import Unavailable
 from genloom.store import prepared
@@ -186,6 +201,17 @@ def test_only_what_sqlite_can_run_as_compiled_is_planned() -> None:
     assert prepared.plan(with_default, dialect, ["id", "n"], False) is not None  # every column given
 
 
+def test_postgresql_plans_bind_by_position_and_leave_the_engines_dialect_named() -> None:
+    from sqlalchemy.dialects.postgresql import psycopg
+
+    dialect = psycopg.dialect()
+    keys = sorted(q.claim_params(worker_id="w", token="t", now=1, lease_until=2, limit=1, types=None))
+    found = prepared.plan(q.claim_prepared(True, False), dialect, keys, False)
+    assert found is not None and found.sql.count("%s") == len(found.names) and "%(" not in found.sql
+    assert dialect.paramstyle == "pyformat" and not dialect.positional
+    assert "%(c_now)s" in str(q.claim_prepared(True, False).compile(dialect=dialect))
+
+
 async def test_a_hot_path_read_sees_only_committed_writes(db: Database) -> None:
     """``Database.fetch`` runs on SQLite's write connection: it must wait for a write transaction
     in progress there, never read into it (here the write rolls back)."""
@@ -283,3 +309,55 @@ async def test_an_empty_object_is_stored_as_json_and_read_back_as_a_new_dict(db:
     assert a["input"] == b["input"] == {}
     a["input"]["changed"] = True
     assert b["input"] == {}
+
+
+_PERCENT = prepared.prepared(lambda: select(
+    literal_column("'100%'").label("pct"),
+    cast(bindparam("ratio", type_=Float), Numeric(4, 2, asdecimal=False)).label("ratio"),  # a numeric read as float
+))
+
+
+async def test_postgresql_runs_prepared_statements_on_psycopg_as_sqlalchemy_would(db: Database) -> None:
+    """``fetch_pg``/``run_pg``: the compiled statement on the psycopg connection, outside SQLAlchemy's
+    execution (no cursor event), reading back what SQLAlchemy reads: JSON, booleans, floats (whose
+    processor depends on the type the server sent, a float8 or a numeric) and a literal '%'."""
+    if not db.is_postgres:
+        pytest.skip("PostgreSQL's path; SQLite's is the write connection's (the tests above)")
+    executed: list[str] = []
+    for engine in (db.engine, db.reader):  # writes' pool and the autocommitted one
+        event.listen(engine.sync_engine, "before_cursor_execute", lambda *args: executed.append(args[2]))
+    params = q.claim_params(worker_id="w1", token="t" * 24, now=2000, lease_until=9000, limit=4, types=None)
+    async with db.kept("claim") as conn:
+        assert await prepared.run_pg(conn, q.insert_job(), new_job("job_1")) == 1
+        claimed = await prepared.fetch_pg(conn, q.claim_started_pg(False), params | {"c_started": {"worker": "w1"}})
+        again = await prepared.fetch_pg(conn, _PERCENT(), {"ratio": 0.5})
+        assert await prepared.fetch_pg(conn, _PERCENT(), {"ratio": 1.25}) == [{"pct": "100%", "ratio": 1.25}]
+    assert executed == []
+    row = claimed[0]
+    assert row == {k: v for k, v in (await stored(db, "job_1")).items() if k in row}
+    assert row["input"] == new_job("x")["input"] and row["charged"] is True and row["cancel_requested"] is False
+    assert isinstance(row["progress"], float) and row["progress"] == 0.0
+    assert again == [{"pct": "100%", "ratio": 0.5}] and isinstance(again[0]["ratio"], float)
+    executed.clear()
+    async with db.autocommit() as conn:  # through SQLAlchemy: the same answer
+        assert (await conn.execute(_PERCENT(), {"ratio": 0.5})).mappings().all() == again
+    assert len(executed) == 1
+
+
+async def test_postgresql_prepared_errors_are_sqlalchemys_and_a_lost_connection_is_invalidated(db: Database) -> None:
+    if not db.is_postgres:
+        pytest.skip("PostgreSQL's path")
+    async with db.kept("probe") as conn:
+        await prepared.run_pg(conn, q.insert_job(), new_job("job_1"))
+        with pytest.raises(IntegrityError):
+            await prepared.run_pg(conn, q.insert_job(), new_job("job_1"))
+    async with db.autocommit() as conn:
+        pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        async with db.autocommit() as other:
+            await other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        with pytest.raises(DBAPIError) as lost:
+            await prepared.fetch_pg(conn, q.claim_started_pg(False), q.claim_params(
+                worker_id="w1", token="t", now=2000, lease_until=9000, limit=4, types=None) | {"c_started": {}})
+        assert lost.value.connection_invalidated and conn.invalidated
+    async with db.kept("probe") as conn:  # the pool hands out a live connection again
+        assert await prepared.run_pg(conn, q.insert_job(), new_job("job_2")) == 1

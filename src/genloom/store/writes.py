@@ -3,8 +3,8 @@
 On SQLite the transaction is begun and ended on the write connection's sqlite3 object itself,
 prepared statements run there directly (``fetch``, ``run``; see store.prepared), and SQLAlchemy's
 connection is checked out only when a statement needs it (``execute``): a transaction of prepared
-statements never enters SQLAlchemy's pool or execution layer. On PostgreSQL every statement goes
-through the SQLAlchemy connection the transaction was begun on.
+statements never enters SQLAlchemy's pool or execution layer. On PostgreSQL the transaction is
+SQLAlchemy's; its prepared statements run on that connection's psycopg connection.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ _Ts = TypeVarTuple("_Ts")
 
 class WriteConnection:
     """``execute`` is SQLAlchemy's; ``fetch`` (rows as dicts) and ``run`` (the row count; one set
-    of parameters or many) take a prepared statement straight to SQLite."""
+    of parameters or many) take a prepared statement straight to the driver."""
 
     def __init__(self, engine: AsyncEngine, *, sa: AsyncConnection | None = None,
                  writer: sqlite_writer.Connection | None = None) -> None:
@@ -67,6 +67,8 @@ class WriteConnection:
                 return p.rows(self._writer.raw.execute(p.sql, p.args(parameters)))
             except sqlite3.Error as exc:
                 raise prepared.wrapped(p.sql, parameters, exc, self.engine.dialect) from exc
+        if self._writer is None:
+            return await prepared.fetch_pg(await self.connection(), statement, parameters)
         return [dict(r) for r in (await self.execute(statement, parameters)).mappings()]
 
     async def run(self, statement: Executable, parameters: Params | Sequence[Params]) -> int:
@@ -83,6 +85,8 @@ class WriteConnection:
                 return raw.execute(p.sql, p.args(many[0])).rowcount
             except sqlite3.Error as exc:
                 raise prepared.wrapped(p.sql, parameters, exc, self.engine.dialect) from exc
+        if self._writer is None and len(many) == 1:
+            return await prepared.run_pg(await self.connection(), statement, many[0])
         return (await self.execute(statement, parameters)).rowcount
 
     def _plan(self, statement: Executable, params: Params, many: bool) -> prepared.Plan | None:
