@@ -245,8 +245,8 @@ class Database:
         """A small read on a hot path (a prepared, indexed lookup), as dicts. On SQLite it runs on
         the write connection between write transactions, on the loop's thread: through the read
         pool it cost a checkout, a BEGIN and three thread hops around a microsecond query. On
-        PostgreSQL it is an autocommit read. Not for use inside ``tx``: the write lock is not
-        reentrant."""
+        PostgreSQL it is an autocommit read on a kept connection, run on psycopg directly. Not for
+        use inside ``tx``: the write lock is not reentrant."""
         try:
             if self.dialect == "sqlite":
                 async with self._write_lock:
@@ -255,8 +255,8 @@ class Database:
                         return await conn.fetch(statement, params)
                     finally:
                         await conn.end(commit=False)
-            async with self.reader.connect() as sa:
-                return [dict(r) for r in (await sa.execute(statement, params)).mappings()]
+            async with self.kept("fetch") as kept:
+                return await prepared.fetch_pg(kept, statement, params)
         except OperationalError as exc:
             if (mapped := _mapped(exc)) is not exc:
                 raise mapped from exc
