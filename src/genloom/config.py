@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     lease_seconds: float = 30.0
     heartbeat_seconds: float = 10.0
     poll_seconds: float = 1.0
+    # after a claim that found nothing, a wake-up waits this long before the next claim: every
+    # process's listener hears every NOTIFY, and each answering at once is an empty claim apiece
+    claim_settle_seconds: float = 0.005
     shutdown_grace_seconds: float = 20.0
     max_attempts: int = 3
     backoff_base_seconds: float = 2.0

@@ -50,19 +50,22 @@ class Notifier:
             self._pending_job_wakes += 1
             self._jobs.notify(1)
 
-    async def wait_for_jobs(self, timeout: float) -> bool:  # noqa: ASYNC109 - a wake-up, not a deadline
+    async def wait_for_jobs(self, timeout: float, settle: float = 0.0) -> bool:  # noqa: ASYNC109 - a wake-up
         """Sleep until woken or ``timeout``; True when woken. A wake that came while nobody was
-        waiting is kept, so none is lost between a claim and the next wait."""
+        waiting is kept, so none is lost between a claim and the next wait. ``settle``: once woken,
+        wait this much longer, so that the wakes of a burst are answered by one claim (the
+        caller's last claim found nothing: other processes are taking the jobs)."""
         async with self._jobs:
-            if self._pending_job_wakes:
-                self._pending_job_wakes = 0
-                return True
-            try:
-                await asyncio.wait_for(self._jobs.wait(), timeout)
-            except TimeoutError:
-                return False
+            if not self._pending_job_wakes:
+                try:
+                    await asyncio.wait_for(self._jobs.wait(), timeout)
+                except TimeoutError:
+                    return False
             self._pending_job_wakes = 0
-            return True
+        if settle > 0:
+            await asyncio.sleep(settle)
+            self._pending_job_wakes = 0  # the claim that follows sees what these announced
+        return True
 
     # -- events --------------------------------------------------------------
     def events_written(self, job_ids: Iterable[str]) -> None:

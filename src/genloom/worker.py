@@ -67,15 +67,17 @@ class Worker:
                     self._slot.clear()
                     await _first(self._slot.wait(), stopper)
                     continue
-                want = min(free, self.core.settings.claim_batch)
+                s = self.core.settings
+                want = min(free, s.claim_batch)
                 claimed = await self._claim(want)
                 if claimed:  # let their first stages start before this loop's next query
                     await asyncio.sleep(0)
                 if len(claimed) >= want:
                     continue
                 due = await self._next_due_in()
-                timeout = self.core.settings.poll_seconds if due is None else min(due, self.core.settings.poll_seconds)
-                await _first(self.core.notifier.wait_for_jobs(timeout), stopper)
+                timeout = s.poll_seconds if due is None else min(due, s.poll_seconds)
+                settle = 0.0 if claimed else s.claim_settle_seconds
+                await _first(self.core.notifier.wait_for_jobs(timeout, settle), stopper)
         finally:
             stopper.cancel()
             await self._drain()
