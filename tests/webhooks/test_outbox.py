@@ -7,8 +7,9 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import psycopg
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 
 from genloom.jobs import JobSpec
 from genloom.lifecycle import EventType, Status
@@ -97,8 +98,9 @@ async def test_a_job_url_gets_terminal_events_only(core: Any) -> None:
 
 @asynccontextmanager
 async def traced(core: Any, seen: Callable[[str], None]) -> AsyncIterator[None]:
-    """Every statement this process sends while inside: on SQLite those on the write connection,
-    SQLAlchemy's and the prepared ones it runs on sqlite3 directly; on PostgreSQL both pools'."""
+    """Every statement this process sends while inside, at the driver: on SQLite those on the write
+    connection, SQLAlchemy's and the prepared ones it runs on sqlite3 directly; on PostgreSQL every
+    one a psycopg cursor executes, SQLAlchemy's and the prepared ones run on psycopg directly."""
     if not core.db.is_postgres:
         async with core.db.engine.connect() as conn:
             raw = (await conn.get_raw_connection()).driver_connection.raw
@@ -109,17 +111,17 @@ async def traced(core: Any, seen: Callable[[str], None]) -> AsyncIterator[None]:
             raw.set_trace_callback(None)
         return
 
-    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        seen(statement)
+    original = psycopg.AsyncCursor.execute
 
-    engines = {core.db.engine.sync_engine, core.db.reader.sync_engine}  # one-statement writes: reader
-    for engine in engines:
-        event.listen(engine, "before_cursor_execute", count)
+    async def execute(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        seen(query if isinstance(query, str) else query.as_string(self))
+        return await original(self, query, *args, **kwargs)
+
+    psycopg.AsyncCursor.execute = execute  # type: ignore[method-assign]
     try:
         yield
     finally:
-        for engine in engines:
-            event.remove(engine, "before_cursor_execute", count)
+        psycopg.AsyncCursor.execute = original  # type: ignore[method-assign]
 
 
 async def test_no_listener_means_no_query(core: Any, endpoints: Endpoints) -> None:
