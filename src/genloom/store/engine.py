@@ -184,10 +184,10 @@ class Database:
     @asynccontextmanager
     async def kept(self, use: str) -> AsyncIterator[AsyncConnection]:
         """``autocommit()``, on a connection kept checked out for ``use`` between its statements:
-        for writes that follow one another on a hot path (a worker's claims, its completions, the
-        creates), where the pool's checkout and return cost 0.1 ms each time, and 0.4 ms after an
-        idle spell, on a path whose round trip is about 1 ms. One caller at a time; a concurrent
-        one gets a pooled connection. A database error or a cancellation discards the kept one
+        for statements that follow one another on a hot path (a worker's claims, its completions,
+        its due-time reads, the creates), where the pool's checkout and return cost 0.1 ms each
+        time, and 0.4 ms after an idle spell, on a path whose round trip is about 1 ms. One caller
+        at a time; a concurrent one gets a pooled connection. A database error or a cancellation discards the kept one
         (it may be mid-statement), and so does a disconnect the pool saw on any other connection
         or an idle spell past KEPT_IDLE (a firewall or the server may have dropped it)."""
         assert self.dialect == "postgresql", "SQLite writes go through tx()"

@@ -100,7 +100,7 @@ class Plan:
 
 def plan(stmt: Executable, dialect: Dialect, keys: Sequence[str], many: bool) -> Plan | None:
     """The plan of a prepared ``stmt`` for parameters named ``keys`` (None: SQLAlchemy runs it)."""
-    cache_key = (dialect.name, id(stmt), tuple(keys), many)
+    cache_key = _key(stmt, dialect, keys, many)
     try:
         return _PLANS[cache_key]
     except KeyError:
@@ -112,10 +112,14 @@ def plan(stmt: Executable, dialect: Dialect, keys: Sequence[str], many: bool) ->
     return found
 
 
+def _key(stmt: Executable, dialect: Dialect, keys: Sequence[str], many: bool) -> tuple[str, int, tuple[str, ...], bool]:
+    return dialect.name, id(stmt), tuple(keys), many
+
+
 def _described(p: Plan, stmt: Executable, dialect: Dialect, keys: Sequence[str], type_codes: Sequence[Any]) -> Plan:
     """``p`` with the result processors of the types a run returned (kept for later runs)."""
-    reads = _reads(dialect, p.columns, p.types, type_codes)
-    described = _PLANS[(dialect.name, id(stmt), tuple(keys), False)] = replace(p, reads=reads)
+    described = _PLANS[_key(stmt, dialect, keys, False)] = replace(
+        p, reads=_reads(dialect, p.columns, p.types, type_codes))
     return described
 
 
