@@ -317,12 +317,11 @@ _PERCENT = prepared.prepared(lambda: select(
 ))
 
 
+@pytest.mark.postgresql_only
 async def test_postgresql_runs_prepared_statements_on_psycopg_as_sqlalchemy_would(db: Database) -> None:
     """``fetch_pg``/``run_pg``: the compiled statement on the psycopg connection, outside SQLAlchemy's
     execution (no cursor event), reading back what SQLAlchemy reads: JSON, booleans, floats (whose
     processor depends on the type the server sent, a float8 or a numeric) and a literal '%'."""
-    if not db.is_postgres:
-        pytest.skip("PostgreSQL's path; SQLite's is the write connection's (the tests above)")
     executed: list[str] = []
     for engine in (db.engine, db.reader):  # writes' pool and the autocommitted one
         event.listen(engine.sync_engine, "before_cursor_execute", lambda *args: executed.append(args[2]))
@@ -344,9 +343,8 @@ async def test_postgresql_runs_prepared_statements_on_psycopg_as_sqlalchemy_woul
     assert len(executed) == 1
 
 
+@pytest.mark.postgresql_only
 async def test_postgresql_prepared_errors_are_sqlalchemys_and_a_lost_connection_is_invalidated(db: Database) -> None:
-    if not db.is_postgres:
-        pytest.skip("PostgreSQL's path")
     async with db.kept("probe") as conn:
         await prepared.run_pg(conn, q.insert_job(), new_job("job_1"))
         with pytest.raises(IntegrityError):
