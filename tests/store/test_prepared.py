@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -359,3 +360,25 @@ async def test_postgresql_prepared_errors_are_sqlalchemys_and_a_lost_connection_
         assert lost.value.connection_invalidated and conn.invalidated
     async with db.kept("probe") as conn:  # the pool hands out a live connection again
         assert await prepared.run_pg(conn, q.insert_job(), new_job("job_2")) == 1
+
+
+@pytest.mark.postgresql_only
+async def test_a_lost_postgresql_connection_retires_the_pools_older_ones(
+        db: Database, caplog: pytest.LogCaptureFixture) -> None:
+    """A server restart drops every connection: as on SQLAlchemy's own path, the first statement
+    that finds its connection lost retires the pool's older ones, so the next checkout connects
+    afresh instead of failing on another dead connection; and the lost one is closed without the
+    pool logging an error (closing it outside SQLAlchemy's greenlet did)."""
+    caplog.set_level(logging.WARNING, logger="sqlalchemy")
+    async with db.autocommit() as first, db.autocommit() as second:
+        pids = [(await c.execute(text("SELECT pg_backend_pid()"))).scalar_one() for c in (first, second)]
+    async with db.engine.connect() as other:  # another pool's connection ends them both
+        for pid in pids:
+            await other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    await asyncio.sleep(0.2)
+    with pytest.raises(Unavailable):  # the lost connection, as callers see it
+        async with db.autocommit() as conn:
+            await prepared.run_pg(conn, q.insert_job(), new_job("job_1"))
+    async with db.autocommit() as conn:
+        assert await prepared.run_pg(conn, q.insert_job(), new_job("job_2")) == 1
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("sqlalchemy")] == []

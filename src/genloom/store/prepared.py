@@ -212,9 +212,15 @@ async def _execute_pg(conn: AsyncConnection, p: Plan, params: Mapping[str, Any])
     cursor = raw.cursor(row_factory=tuple_row)
     try:
         await cursor.execute(p.sql, p.args(params))
-    except raw.Error as exc:  # as SQLAlchemy would: a lost connection is invalidated, not reused
+    except raw.Error as exc:
         lost = raw.closed or raw.broken
-        if lost:
+        if lost:  # as SQLAlchemy does on a disconnect: the server likely dropped every connection
+            # of the pool made before this one, so they are all retired on their next checkout.
+            # Only the pool's mark here: closing this one needs SQLAlchemy's greenlet, which
+            # ``conn.invalidate`` provides.
+            sync = conn.sync_connection
+            if sync is not None and not sync.invalidated:
+                conn.sync_engine.pool._invalidate(sync.connection, exc, _checkin=False)
             await conn.invalidate(exc)
         raise wrapped(p.sql, params, exc, conn.dialect, lost) from exc
     return cursor
