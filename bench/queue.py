@@ -134,6 +134,7 @@ async def _genloom_worker(url: str, worker_id: str, batch: int, profile: bool,
     try:
         async with core.db.tx() as conn:  # warm the pool and the dialect before the clock starts
             await conn.execute(text("SELECT 1"))
+        await core.queue.warm(worker_id)  # and the hot statements, as a Worker does at its start
         ready.put(worker_id)
         await asyncio.to_thread(go.wait)
         cpu0 = time.process_time()

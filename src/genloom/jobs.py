@@ -85,6 +85,12 @@ class Finish:
     job: Job | None = None
 
 
+def _finish_params(f: Finish, now: int) -> dict[str, Any]:
+    """``finish_prepared``'s parameters for ``f``."""
+    return {"f_id": f.job_id, "f_token": f.lease_token, "f_now": now, "f_result_key": f.result_key,
+            "f_result": f.result}
+
+
 def _completed(f: Finish, now: int) -> dict[str, Any]:
     """The row of a job its fenced completion matched, from the lease holder's copy of it: that
     copy with what completing sets. Nobody but the lease holder writes a running job whose lease
@@ -310,12 +316,20 @@ class Jobs:
                         out[i] = exc
         return [out[i] for i in range(len(finishes))]
 
+    async def warm(self) -> None:
+        """Run the statement that completes a worker's held jobs once, on no job: a new worker's
+        first completion then finds it compiled and described and its connection open."""
+        if self.db.is_postgres:
+            await self._finish_quiet([])
+            return
+        async with unit(self.db, self.notifier) as u:
+            await u.conn.run(q.finish_prepared(returning=False), _finish_params(Finish("", None), self._now()))
+
     async def _finish_one(self, u: Unit, f: Finish, now: int) -> dict[str, Any] | None:
         """Complete one job with its fenced UPDATE; the completed row, or None when the UPDATE
         matched nothing (a cancel request or a lost lease: the caller's checked path says which).
         Given the lease holder's copy of the job the row is not read back (see ``_completed``)."""
-        params = {"f_id": f.job_id, "f_token": f.lease_token, "f_now": now,
-                  "f_result_key": f.result_key, "f_result": f.result}
+        params = _finish_params(f, now)
         if f.job is None:
             found = await u.conn.fetch(q.finish_prepared(), params)
             return found[0] if found else None

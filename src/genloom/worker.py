@@ -61,6 +61,7 @@ class Worker:
         stopper = asyncio.create_task(stop.wait())
         log.info("worker.started", worker=self.id, concurrency=self.concurrency)
         try:
+            await self._warm()
             while not stop.is_set():
                 free = self.concurrency - len(self.active)
                 if free <= 0:
@@ -85,6 +86,12 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await hb
             log.info("worker.stopped", worker=self.id)
+
+    async def _warm(self) -> None:
+        try:
+            await self.core.queue.warm(self.id, self.types)
+        except Exception as exc:  # the database is down: the first job pays for it instead
+            log.warning("worker.warm_failed", worker=self.id, error=str(exc))
 
     async def _claim(self, limit: int) -> list[Job]:
         try:

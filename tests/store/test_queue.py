@@ -21,6 +21,7 @@ from genloom.models import EventSpec
 from genloom.queue import FirstStage
 from genloom.retry import Decision
 from genloom.runtime import open_core
+from genloom.store import prepared
 from genloom.store import statements as q
 from genloom.store.schema import jobs as jobs_table
 from genloom.store.schema import webhook_deliveries
@@ -118,6 +119,28 @@ async def test_claim_writes_started_and_leases(manual: Any) -> None:
     assert [(e["type"], e["attempt"], e["data"]) for e in events] == [
         ("queued", 0, {}), ("started", 1, {"worker": "w_a"})
     ]
+
+
+async def test_warm_runs_the_hot_statements_on_nothing(core: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``warm`` (a worker's start) leaves the queue as it was, and a first claim, first-stage
+    write and completion after it compile none of their statements: warm paid for that."""
+    project = await make_project(core, billing=False)
+    job = await create(core, project)
+    monkeypatch.setattr(prepared, "_PLANS", {})  # as in a new process
+    await core.queue.warm("w_a")
+    assert (await job_row(core, job.id))["status"] == Status.QUEUED
+    assert [e["type"] for e in await event_rows(core, job.id)] == ["queued"]
+    compiled: list[Any] = []
+    real = prepared._compile
+    monkeypatch.setattr(prepared, "_compile", lambda stmt, *a: compiled.append(stmt) or real(stmt, *a))
+    start = FirstStage("probe", EventSpec(EventType.STAGE_STARTED, stage="probe"))
+    [claimed] = await core.queue.claim("w_a", limit=1, first_stage=lambda _job: start)
+    await core.queue.complete(claimed)
+    hot = [q.claim_prepared(core.db.is_postgres, False), q.finish_prepared(returning=False)]
+    if core.db.is_postgres:
+        hot += [q.claim_started_pg(False), q.start_stages_pg(), q.finish_quiet_pg(rows=False)]
+    assert not [stmt for stmt in compiled if any(stmt is h for h in hot)]
+    assert (await job_row(core, job.id))["status"] == Status.COMPLETED
 
 
 async def test_a_claim_can_start_each_job_on_its_first_stage(core: Any) -> None:
