@@ -525,8 +525,8 @@ async def test_a_prepared_claim_keeps_the_claim_index(core: Any, db_url: str, ty
     # and the one PostgreSQL runs: that claim with its started events, in one statement
     params = q.claim_params(worker_id="w", token="t" * 24, now=10**9, lease_until=10**9 + 1, limit=16, types=types)
     one_statement = q.claim_started_pg(types is not None)
-    for prepared, values in ((stmt, {}), (one_statement, params | {"c_started": {"worker": "w"}})):
-        found = generic_plan(db_url, prepared, values)
+    for statement, values in ((stmt, {}), (one_statement, params | {"c_started": {"worker": "w"}})):
+        found = generic_plan(db_url, statement, values)
         assert ("Seq Scan", "jobs") not in found, found
         assert any(name == "ix_jobs_claim" for _, name in found), found
 
