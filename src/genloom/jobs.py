@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from sqlalchemy.exc import IntegrityError
 
@@ -34,6 +34,7 @@ from genloom.observability import Metrics, get_logger
 from genloom.store import prepared
 from genloom.store import statements as q
 from genloom.store.engine import Database, db_wide
+from genloom.store.schema import jobs as jobs_table
 from genloom.store.unit import Unit, unit
 from genloom.webhooks import outbox
 
@@ -110,6 +111,8 @@ class Jobs:
         self.max_attempts = max_attempts
         self.metrics = metrics
         self._inserts: GroupCommit[dict[str, Any], None] = GroupCommit(self._insert_many, shared=db_wide)
+        # a result as its column stores it (JSON text), for statements that take it inside JSON
+        self._stored_result = cast(Callable[[Any], Any], jobs_table.c.result.type.bind_processor(db.engine.dialect))
 
     def _now(self) -> int:
         return ms(self.clock.now())
@@ -301,9 +304,13 @@ class Jobs:
         if rest:  # row locks taken in id order: two batches never wait on each other in a cycle
             now = self._now()
             async with unit(self.db, self.notifier) as u:
+                batched = await self._finish_batch(u, [finishes[i] for i in rest], now)
                 for i in rest:
                     f = finishes[i]
-                    row = await self._finish_one(u, f, now)
+                    if batched is None:
+                        row = await self._finish_one(u, f, now)
+                    else:
+                        row = _completed(f, now) if f.job_id in batched else None
                     if row is not None:  # the common case: one prepared statement
                         out[i] = job = Job.from_row(row)
                         u.add_events(row, [*f.events, EventSpec(EventType.COMPLETED)], now)
@@ -317,13 +324,26 @@ class Jobs:
         return [out[i] for i in range(len(finishes))]
 
     async def warm(self) -> None:
-        """Run the statement that completes a worker's held jobs once, on no job: a new worker's
-        first completion then finds it compiled and described and its connection open."""
+        """Run the statements that complete a worker's held jobs once, on no job: a new worker's
+        first completion then finds them compiled and described and their connection open."""
         if self.db.is_postgres:
             await self._finish_quiet([])
-            return
-        async with unit(self.db, self.notifier) as u:
-            await u.conn.run(q.finish_prepared(returning=False), _finish_params(Finish("", None), self._now()))
+        now = self._now()
+        async with unit(self.db, self.notifier) as u:  # one job, or one owed a webhook (PostgreSQL)
+            await u.conn.run(q.finish_prepared(returning=False), _finish_params(Finish("", None), now))
+            if not u.postgres:
+                await u.conn.fetch(q.finish_batch_sqlite(), {"f_batch": "[]", "f_now": now})
+
+    async def _finish_batch(self, u: Unit, finishes: Sequence[Finish], now: int) -> set[str] | None:
+        """SQLite: complete many held jobs with one fenced UPDATE; the ids it completed (the
+        rest matched nothing: a cancel request or a lost lease), or None when these are not
+        for one statement (PostgreSQL's rest, one job, a job not held or named twice)."""
+        if (u.postgres or len(finishes) < 2 or any(f.job is None for f in finishes)
+                or len({f.job_id for f in finishes}) < len(finishes)):
+            return None
+        stored = self._stored_result
+        batch = json.dumps([[f.job_id, f.lease_token, f.result_key, stored(f.result)] for f in finishes])
+        return {r["id"] for r in await u.conn.fetch(q.finish_batch_sqlite(), {"f_batch": batch, "f_now": now})}
 
     async def _finish_one(self, u: Unit, f: Finish, now: int) -> dict[str, Any] | None:
         """Complete one job with its fenced UPDATE; the completed row, or None when the UPDATE

@@ -125,22 +125,25 @@ async def test_warm_runs_the_hot_statements_on_nothing(core: Any, monkeypatch: p
     """``warm`` (a worker's start) leaves the queue as it was, and a first claim, first-stage
     write and completion after it compile none of their statements: warm paid for that."""
     project = await make_project(core, billing=False)
-    job = await create(core, project)
+    jobs = [await create(core, project), await create(core, project)]
     monkeypatch.setattr(prepared, "_PLANS", {})  # as in a new process
     await core.queue.warm("w_a")
-    assert (await job_row(core, job.id))["status"] == Status.QUEUED
-    assert [e["type"] for e in await event_rows(core, job.id)] == ["queued"]
+    for job in jobs:
+        assert (await job_row(core, job.id))["status"] == Status.QUEUED
+        assert [e["type"] for e in await event_rows(core, job.id)] == ["queued"]
     compiled: list[Any] = []
     real = prepared._compile
     monkeypatch.setattr(prepared, "_compile", lambda stmt, *a: compiled.append(stmt) or real(stmt, *a))
     start = FirstStage("probe", EventSpec(EventType.STAGE_STARTED, stage="probe"))
-    [claimed] = await core.queue.claim("w_a", limit=1, first_stage=lambda _job: start)
-    await core.queue.complete(claimed)
+    first, second = await core.queue.claim("w_a", limit=2, first_stage=lambda _job: start)
+    await core.queue.complete(first)  # alone
+    await core.queue.complete_many([second, replace(first, id="job_gone")])  # a batch
     hot = [q.claim_prepared(core.db.is_postgres, False), q.finish_prepared(returning=False)]
-    if core.db.is_postgres:
-        hot += [q.claim_started_pg(False), q.start_stages_pg(), q.finish_quiet_pg(rows=False)]
+    hot += [q.claim_started_pg(False), q.start_stages_pg(), q.finish_quiet_pg(rows=False)] if core.db.is_postgres \
+        else [q.finish_batch_sqlite()]
     assert not [stmt for stmt in compiled if any(stmt is h for h in hot)]
-    assert (await job_row(core, job.id))["status"] == Status.COMPLETED
+    for job in jobs:
+        assert (await job_row(core, job.id))["status"] == Status.COMPLETED
 
 
 async def test_a_claim_can_start_each_job_on_its_first_stage(core: Any) -> None:

@@ -360,6 +360,26 @@ def finish_prepared(returning: bool = True) -> Update:
 
 
 @prepared
+def finish_batch_sqlite() -> Update:
+    """SQLite: ``finish_prepared(returning=False)`` for many jobs in one statement, where each
+    was a statement of its own. ``f_batch`` is a JSON array of [job id, lease token, result key,
+    result as the column stores it (text, or null)]; ``f_now`` stamps them. It returns the ids it
+    completed: a job with a cancel request or a lost lease matches nothing, as there."""
+    item = func.json_each(bindparam("f_batch", type_=String)).table_valued("value")
+    field = [func.json_extract(item.c.value, f"$[{i}]") for i in range(4)]
+    plan = select(field[0].label("id"), field[1].label("token"), field[2].label("result_key"),
+                  field[3].label("result")).select_from(item).subquery("plan")
+    now = bindparam("f_now", type_=BigInteger)
+    return (
+        update(jobs)
+        .where(jobs.c.id == plan.c.id, jobs.c.lease_token == plan.c.token, jobs.c.status == Status.RUNNING.value,
+               jobs.c.cancel_requested.is_(False))
+        .values(finished(now, plan.c.result_key, plan.c.result))
+        .returning(jobs.c.id)
+    )
+
+
+@prepared
 def finish_quiet_pg(rows: bool = True) -> Select[Any]:
     """Workers' completions of many jobs, each with its events (the stage's pending ones, then
     ``completed``), in one statement. The jobs as arrays ``f_ids``, ``f_tokens`` (each job fenced
