@@ -105,3 +105,38 @@ async def test_a_disconnect_seen_elsewhere_retires_the_kept_connection(db_url: s
             assert await backend_pid(conn) != kept_pid
     finally:
         await db.dispose()
+
+
+@pytest.mark.postgresql_only
+async def test_a_use_keeps_as_many_connections_as_its_width(db_url: str) -> None:
+    """Concurrent callers of a use that keeps ``width`` connections (the creates) each get a kept
+    one, up to that many, and find the same ones next time; one more caller gets a pooled one.
+    Kept connections a burst left unused past KEPT_IDLE are let go."""
+    from genloom.store import engine
+
+    db = Database(db_url)
+    try:
+        async def burst(n: int) -> list[int]:
+            barrier = asyncio.Barrier(n)
+
+            async def one() -> int:
+                async with db.kept("create", width=2) as conn:
+                    await barrier.wait()  # all n hold their connections at once
+                    return await backend_pid(conn)
+
+            return list(await asyncio.gather(*(one() for _ in range(n))))
+
+        two = await burst(2)
+        assert len(set(two)) == 2 and sorted(await burst(2)) == sorted(two)
+        three = await burst(3)
+        assert len(set(three)) == 3 and len(set(three) & set(two)) == 2  # the third: pooled
+        assert sorted(await burst(2)) == sorted(two)  # the pooled one went back to the pool
+        [again] = await burst(1)
+        assert again in two
+        idle = db._kept["create"]
+        conn, opened, last = idle[0]  # the other one: as if it had sat unused past KEPT_IDLE
+        idle[0] = (conn, opened, last - engine.KEPT_IDLE)
+        assert await burst(1) == [again]
+        assert [await backend_pid(c) for c, _, _ in db._kept["create"]] == [again]  # the other was let go
+    finally:
+        await db.dispose()

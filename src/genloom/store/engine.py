@@ -90,14 +90,16 @@ class Database:
 
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = async_url(url)
+        self.pool_size = pool_size
         backend = make_url(self.url).get_backend_name()
         self.dialect: Dialect = "sqlite" if backend == "sqlite" else "postgresql"
         self._write_lock = asyncio.Lock()  # SQLite: this process's writes, one at a time
         self._checkpointer: sqlite_writer.Checkpointer | None = None
         self._writer: sqlite_writer.Connection | None = None
-        self._kept: dict[str, tuple[AsyncConnection, float, float]] = {}  # (conn, opened, last used)
+        # per use, its idle kept connections, most recently used last: (conn, opened, last used)
+        self._kept: dict[str, list[tuple[AsyncConnection, float, float]]] = {}
+        self._kept_busy: dict[str, int] = {}  # per use, its kept connections in use
         self._disposed = False
-        self._kept_locks: dict[str, asyncio.Lock] = {}
         if self.dialect == "sqlite":
             # One write connection per process, on the loop's thread (see sqlite_writer); reads
             # on aiosqlite's threads.
@@ -182,42 +184,45 @@ class Database:
             yield conn
 
     @asynccontextmanager
-    async def kept(self, use: str) -> AsyncIterator[AsyncConnection]:
+    async def kept(self, use: str, width: int = 1) -> AsyncIterator[AsyncConnection]:
         """``autocommit()``, on a connection kept checked out for ``use`` between its statements:
         for statements that follow one another on a hot path (a worker's claims, its completions,
         its due-time reads, the creates), where the pool's checkout and return cost 0.1 ms each
-        time, and 0.4 ms after an idle spell, on a path whose round trip is about 1 ms. One caller
-        at a time; a concurrent one gets a pooled connection. A database error or a cancellation discards the kept one
-        (it may be mid-statement), and so does a disconnect the pool saw on any other connection
-        or an idle spell past KEPT_IDLE (a firewall or the server may have dropped it)."""
+        time, and 0.4 ms after an idle spell, on a path whose round trip is about 1 ms. Up to
+        ``width`` callers at a time each get one of ``use``'s kept connections (that many are
+        kept); one more gets a pooled connection. A database error or a cancellation discards the
+        kept one (it may be mid-statement), and so does a disconnect the pool saw on any other
+        connection or an idle spell past KEPT_IDLE (a firewall or the server may have dropped it)."""
         assert self.dialect == "postgresql", "SQLite writes go through tx()"
-        lock = self._kept_locks.setdefault(use, asyncio.Lock())
-        if lock.locked() or self._disposed:
+        idle = self._kept.setdefault(use, [])
+        busy = self._kept_busy.get(use, 0)
+        if self._disposed or (not idle and busy >= width):
             async with self.autocommit() as pooled:
                 yield pooled
             return
-        async with lock:
+        self._kept_busy[use] = busy + 1
+        try:
+            conn, taken = await self._take(idle)
             try:
-                conn, taken = await self._take(use)
-                try:
-                    yield conn
-                except BaseException as exc:
-                    if isinstance(exc, DBAPIError) or not isinstance(exc, Exception):
-                        await _discard(conn)
-                    else:  # the caller's own error: the connection is as good as before
-                        await self._keep(use, conn, taken)
-                    raise
-                await self._keep(use, conn, taken)
-            except OperationalError as exc:
-                if (mapped := _mapped(exc)) is not exc:
-                    raise mapped from exc
+                yield conn
+            except BaseException as exc:
+                if isinstance(exc, DBAPIError) or not isinstance(exc, Exception):
+                    await _discard(conn)
+                else:  # the caller's own error: the connection is as good as before
+                    await self._keep(idle, conn, taken)
                 raise
+            await self._keep(idle, conn, taken)
+        except OperationalError as exc:
+            if (mapped := _mapped(exc)) is not exc:
+                raise mapped from exc
+            raise
+        finally:
+            self._kept_busy[use] -= 1
 
-    async def _take(self, use: str) -> tuple[AsyncConnection, float]:
-        """``use``'s kept connection and when it was opened, or a fresh one."""
-        entry = self._kept.pop(use, None)
-        if entry is not None:
-            conn, taken, last = entry
+    async def _take(self, idle: list[tuple[AsyncConnection, float, float]]) -> tuple[AsyncConnection, float]:
+        """The most recently used of these kept connections and when it was opened, or a fresh one."""
+        while idle:
+            conn, taken, last = idle.pop()
             invalidated_at = getattr(self.reader.sync_engine.pool, "_invalidate_time", 0)
             if not (conn.invalidated or conn.closed) and taken > invalidated_at and (
                     time.monotonic() - last < KEPT_IDLE):
@@ -225,11 +230,15 @@ class Database:
             await _discard(conn)
         return await self.reader.connect(), time.time()
 
-    async def _keep(self, use: str, conn: AsyncConnection, taken: float) -> None:
+    async def _keep(self, idle: list[tuple[AsyncConnection, float, float]], conn: AsyncConnection,
+                    taken: float) -> None:
+        now = time.monotonic()
         if self._disposed or conn.invalidated or conn.closed:
             await _discard(conn)
         else:
-            self._kept[use] = (conn, taken, time.monotonic())
+            idle.append((conn, taken, now))
+        while idle and now - idle[0][2] >= KEPT_IDLE:  # what a past burst left unused goes
+            await _discard(idle.pop(0)[0])
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
@@ -264,7 +273,7 @@ class Database:
 
     async def dispose(self) -> None:
         self._disposed = True
-        kept, self._kept = list(self._kept.values()), {}
+        kept, self._kept = [entry for idle in self._kept.values() for entry in idle], {}
         for conn, _, _ in kept:
             with contextlib.suppress(Exception):
                 await conn.close()
