@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import (
+    ARRAY,
     Column,
     Float,
     Integer,
@@ -23,6 +24,7 @@ from sqlalchemy import (
     bindparam,
     cast,
     event,
+    func,
     insert,
     literal_column,
     select,
@@ -342,6 +344,33 @@ async def test_postgresql_runs_prepared_statements_on_psycopg_as_sqlalchemy_woul
     async with db.autocommit() as conn:  # through SQLAlchemy: the same answer
         assert (await conn.execute(_PERCENT(), {"ratio": 0.5})).mappings().all() == again
     assert len(executed) == 1
+
+
+_ARRAYS = prepared.prepared(lambda: select(
+    literal_column("'50%s'").label("pct"),  # a literal percent sign before an "s": not a placeholder
+    func.array_length(bindparam("texts", type_=ARRAY(String)), 1).label("n"),
+    bindparam("texts", type_=ARRAY(String)).label("texts"),
+    bindparam("nothing", type_=ARRAY(Integer)).label("nothing"),
+    bindparam("none", type_=ARRAY(String)).label("none"),
+    bindparam("label", type_=String).label("label"),
+))
+
+
+@pytest.mark.postgresql_only
+async def test_postgresql_array_parameters_go_in_binary_and_arrive_as_sent(db: Database) -> None:
+    """Array parameters are sent in psycopg's binary format (``%b``; as text each element is
+    checked for quoting): strings that text would quote, the string 'NULL', NULLs, an all-NULL
+    array and an empty one arrive as sent, and the other parameters and a literal '%s' are as
+    they were."""
+    p = prepared.plan(_ARRAYS(), db.reader.dialect, ["label", "none", "nothing", "texts"], False)
+    assert p is not None and p.sql.count("%b") == 4 and "'50%%s'" in p.sql and "%s::VARCHAR AS label" in p.sql
+    texts = ["{}", 'a "quoted", {braced} \\ value', "NULL", None, "", "ünïcode"]
+    params = {"texts": texts, "nothing": [], "none": [None, None], "label": "plain"}
+    async with db.kept("probe") as conn:
+        found = await prepared.fetch_pg(conn, _ARRAYS(), params)
+        assert found == [{"pct": "50%s", "n": len(texts), "texts": texts, "nothing": [], "none": [None, None],
+                          "label": "plain"}]
+        assert (await conn.execute(_ARRAYS(), params)).mappings().all() == found  # as SQLAlchemy sends them
 
 
 @pytest.mark.postgresql_only

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import re
 import sqlite3
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -32,13 +33,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
-from sqlalchemy.types import TypeEngine
+from sqlalchemy.types import ARRAY, TypeEngine
 
 F = TypeVar("F", bound=Callable[..., Executable])
 
 _PREPARED: dict[int, Executable] = {}  # by id; holding the statement keeps its id unique
 _PLANS: dict[tuple[str, int, tuple[str, ...], bool], Plan | None] = {}
 _POSITIONAL: weakref.WeakKeyDictionary[Dialect, Dialect] = weakref.WeakKeyDictionary()
+_PLACEHOLDERS = re.compile(r"(%%|%s)")  # a literal percent sign first: "%%s" is one and an "s"
 
 
 def prepared(factory: F) -> F:
@@ -159,9 +161,22 @@ def _compile(stmt: Executable, dialect: Dialect, keys: Sequence[str], many: bool
     columns = tuple(c.keyname for c in compiled._result_columns)
     types = tuple(c.type for c in compiled._result_columns)
     described = dialect.name == "sqlite"  # else by the first run (``_described``)
-    return Plan(compiled.string, names, tuple(bind.value for bind in params),
+    sql = compiled.string if described else _binary_arrays(compiled.string, [bind.type for bind in params])
+    return Plan(sql, names, tuple(bind.value for bind in params),
                 frozenset(name for name, bind in zip(names, params, strict=True) if bind.required), binds,
                 columns, types, _reads(dialect, columns, types, [None] * len(columns)) if described else None)
+
+
+def _binary_arrays(sql: str, types: Sequence[TypeEngine[Any]]) -> str:
+    """PostgreSQL: ``sql`` (its placeholders ``%s`` in order of ``types``, literal percent signs
+    doubled) with the array parameters sent in psycopg's binary format (``%b``). As text each
+    element is checked for quoting: a list of 16 job ids took 31 us to dump, 16 ``{}`` 82 us; in
+    binary 13 and 17. A batch's completion sends twelve such lists."""
+    if not any(isinstance(t, ARRAY) for t in types):
+        return sql
+    parts = _PLACEHOLDERS.split(sql)
+    at = iter(types)
+    return "".join(("%b" if isinstance(next(at), ARRAY) else part) if part == "%s" else part for part in parts)
 
 
 def wrapped(sql: str, params: Any, exc: Exception, dialect: Dialect, invalidated: bool = False) -> DBAPIError:
