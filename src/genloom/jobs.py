@@ -112,7 +112,9 @@ class Jobs:
         self.metrics = metrics
         self._inserts: GroupCommit[dict[str, Any], None] = GroupCommit(self._insert_many, shared=db_wide)
         # a result as its column stores it (JSON text), for statements that take it inside JSON
-        self._stored_result = cast(Callable[[Any], Any], jobs_table.c.result.type.bind_processor(db.engine.dialect))
+        dialect = db.engine.dialect
+        self._stored_result = cast(Callable[[Any], Any],
+                                   jobs_table.c.result.type.dialect_impl(dialect).bind_processor(dialect))
 
     def _now(self) -> int:
         return ms(self.clock.now())
@@ -295,7 +297,8 @@ class Jobs:
 
     async def finish_many(self, finishes: Sequence[Finish]) -> Sequence[Job | InvalidTransition | NotFound]:
         """Workers' completions of many jobs in one commit (on PostgreSQL one statement for the
-        jobs that owe no webhook delivery, then one transaction for the rest). Each answer is the
+        jobs that owe no webhook delivery, then one transaction for the rest; on SQLite one
+        transaction, the held jobs' completions one statement). Each answer is the
         job as written (cancelled when a cancel was requested meanwhile) or the error that
         refused it (a lost lease): one job's refusal never holds back the others."""
         out: dict[int, Job | InvalidTransition | NotFound] = {}
@@ -312,7 +315,7 @@ class Jobs:
                         row = await self._finish_one(u, f, now)
                     else:
                         row = _completed(f, now) if f.job_id in batched else None
-                    if row is not None:  # the common case: one prepared statement
+                    if row is not None:  # the common case: one prepared statement (or the batch's)
                         out[i] = job = Job.from_row(row)
                         u.add_events(row, [*f.events, EventSpec(EventType.COMPLETED)], now)
                         u.after_commit.append(functools.partial(
@@ -332,16 +335,18 @@ class Jobs:
         now = self._now()
         async with unit(self.db, self.notifier) as u:  # one job, or one owed a webhook (PostgreSQL)
             await u.conn.run(q.finish_prepared(returning=False), _finish_params(Finish("", None), now))
-            if not u.postgres:
+            if not u.postgres and q.sqlite_has_json():
                 await u.conn.fetch(q.finish_batch_sqlite(), {"f_batch": "[]", "f_now": now})
 
     async def _finish_batch(self, u: Unit, finishes: Sequence[Finish], now: int) -> set[str] | None:
         """SQLite: complete many held jobs with one fenced UPDATE; the ids it completed (the
         rest matched nothing: a cancel request or a lost lease), or None when these are not
-        for one statement (PostgreSQL's rest, one job, a job not held or named twice)."""
-        if (u.postgres or len(finishes) < 2 or any(f.job is None for f in finishes)
+        for one statement (PostgreSQL's rest, one job, a job not held or named twice, a result
+        key with a control character, an SQLite without its JSON functions)."""
+        if (u.postgres or len(finishes) < 2 or not q.sqlite_has_json()
+                or any(f.job is None or not (f.result_key is None or f.result_key.isprintable()) for f in finishes)
                 or len({f.job_id for f in finishes}) < len(finishes)):
-            return None
+            return None  # json_extract ends a text at a NUL, and stores a lone surrogate as is
         stored = self._stored_result
         batch = json.dumps([[f.job_id, f.lease_token, f.result_key, stored(f.result)] for f in finishes])
         return {r["id"] for r in await u.conn.fetch(q.finish_batch_sqlite(), {"f_batch": batch, "f_now": now})}

@@ -119,9 +119,9 @@ class Queue:
 
     async def warm(self, worker_id: str, types: Collection[str] | None = None) -> None:
         """Run a worker's hot statements once on no jobs: a claim of none, a first stages' write
-        and a completion of none. Its first job then finds them compiled and described and their
-        connections open; on PostgreSQL that was ~40 ms of CPU and latency, paid again by every
-        worker process started."""
+        (PostgreSQL's own statement) and a completion of none. Its first job then finds them
+        compiled and described and their connections open; on PostgreSQL that was ~40 ms of CPU
+        and latency, paid again by every worker process started."""
         await self.claim(worker_id, types, limit=0)
         if self.db.is_postgres:
             await self._start_stages(worker_id, _stages([], "", self._now()))

@@ -86,9 +86,10 @@ async def test_a_kept_connection_serves_its_use_until_an_error(db_url: str) -> N
 
 
 @pytest.mark.postgresql_only
-async def test_a_disconnect_seen_elsewhere_retires_the_kept_connection(db_url: str) -> None:
-    """Once the pool has seen the server drop a connection (a restart drops them all), the kept
-    one is replaced before its next use instead of failing that use."""
+@pytest.mark.parametrize("pool", ["read", "tx"])
+async def test_a_disconnect_seen_elsewhere_retires_the_kept_connection(db_url: str, pool: str) -> None:
+    """Once either pool has seen the server drop a connection (a restart drops them all), the
+    kept one is replaced before its next use instead of failing that use."""
     from genloom.errors import Unavailable
 
     db = Database(db_url)
@@ -96,7 +97,7 @@ async def test_a_disconnect_seen_elsewhere_retires_the_kept_connection(db_url: s
         async with db.kept("claim") as conn:
             kept_pid = await backend_pid(conn)
         with pytest.raises(Unavailable):
-            async with db.read() as conn:
+            async with db.read() if pool == "read" else db.tx() as conn:
                 doomed = await backend_pid(conn)
                 async with db.read() as killer:
                     await killer.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": doomed})

@@ -15,7 +15,7 @@ from sqlalchemy.dialects import postgresql
 
 from genloom.clock import ms
 from genloom.errors import LeaseLost
-from genloom.jobs import JobSpec
+from genloom.jobs import Finish, JobSpec
 from genloom.lifecycle import EventType, Status
 from genloom.models import EventSpec
 from genloom.queue import FirstStage
@@ -354,6 +354,20 @@ async def test_a_completed_job_is_returned_as_the_database_holds_it(core: Any) -
     assert (done.status, done.provider_ref, done.result) == (Status.COMPLETED, "pred_1", {"frames": 48, "tags": ["x"]})
     for job in await core.queue.complete_many([b, c]):
         assert job == await core.jobs.get(job.id)
+
+
+async def test_completions_together_store_their_result_keys_whole(core: Any) -> None:
+    """Held jobs completed together (on SQLite one statement that takes them as JSON) store
+    exactly their result keys, including one with a character JSON extraction would cut at."""
+    project = await make_project(core, billing=False)
+    for i in range(3):
+        await create(core, project, input={"i": i})
+    claimed = await core.queue.claim("w", limit=3)
+    odd = "out/a\tb.mp4" if core.db.is_postgres else "out/a\x00b.mp4"  # PostgreSQL text holds no NUL
+    keys = {claimed[0].id: "out/plain.mp4", claimed[1].id: odd, claimed[2].id: "out/ünï.mp4"}
+    done = await core.jobs.finish_many([Finish(j.id, j.lease_token, result_key=keys[j.id], job=j) for j in claimed])
+    assert {j.id: j.result_key for j in done} == keys
+    assert {j.id: (await job_row(core, j.id))["result_key"] for j in claimed} == keys
 
 
 async def test_complete_many_honours_a_cancel_request(core: Any) -> None:

@@ -191,8 +191,9 @@ class Database:
         time, and 0.4 ms after an idle spell, on a path whose round trip is about 1 ms. Up to
         ``width`` callers at a time each get one of ``use``'s kept connections (that many are
         kept); one more gets a pooled connection. A database error or a cancellation discards the
-        kept one (it may be mid-statement), and so does a disconnect the pool saw on any other
-        connection or an idle spell past KEPT_IDLE (a firewall or the server may have dropped it)."""
+        kept one (it may be mid-statement), and so does a disconnect either pool saw on any other
+        connection or an idle spell past KEPT_IDLE (a firewall or the server may have dropped it),
+        found when the use next takes or returns one."""
         assert self.dialect == "postgresql", "SQLite writes go through tx()"
         idle = self._kept.setdefault(use, [])
         busy = self._kept_busy.get(use, 0)
@@ -223,7 +224,9 @@ class Database:
         """The most recently used of these kept connections and when it was opened, or a fresh one."""
         while idle:
             conn, taken, last = idle.pop()
-            invalidated_at = getattr(self.reader.sync_engine.pool, "_invalidate_time", 0)
+            # a disconnect seen on either pool: a restart drops every connection of both
+            invalidated_at = max(getattr(e.sync_engine.pool, "_invalidate_time", 0)
+                                 for e in (self.reader, self.engine))
             if not (conn.invalidated or conn.closed) and taken > invalidated_at and (
                     time.monotonic() - last < KEPT_IDLE):
                 return conn, taken
@@ -273,7 +276,10 @@ class Database:
 
     async def dispose(self) -> None:
         self._disposed = True
-        kept, self._kept = [entry for idle in self._kept.values() for entry in idle], {}
+        kept = [entry for idle in self._kept.values() for entry in idle]
+        for idle in self._kept.values():
+            idle.clear()  # a caller already in kept() holds its use's list: it must find none there
+        self._kept = {}
         for conn, _, _ in kept:
             with contextlib.suppress(Exception):
                 await conn.close()

@@ -171,7 +171,7 @@ def _binary_arrays(sql: str, types: Sequence[TypeEngine[Any]]) -> str:
     """PostgreSQL: ``sql`` (its placeholders ``%s`` in order of ``types``, literal percent signs
     doubled) with the array parameters sent in psycopg's binary format (``%b``). As text each
     element is checked for quoting: a list of 16 job ids took 31 us to dump, 16 ``{}`` 82 us; in
-    binary 13 and 17. A batch's completion sends twelve such lists."""
+    binary 13 and 17. A batch's completion sends eleven such lists."""
     if not any(isinstance(t, ARRAY) for t in types):
         return sql
     parts = _PLACEHOLDERS.split(sql)

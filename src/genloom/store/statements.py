@@ -8,6 +8,9 @@ portable statements). Everything else is portable Core.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import sqlite3
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -357,6 +360,18 @@ def finish_prepared(returning: bool = True) -> Update:
                          bindparam("f_result", type_=jobs.c.result.type)))
     )
     return stmt.returning(*jobs.c) if returning else stmt
+
+
+@functools.cache
+def sqlite_has_json() -> bool:
+    """Whether this process's SQLite has its JSON functions (built in since 3.38, and compiled in
+    by the usual builds before that): ``finish_batch_sqlite`` needs them."""
+    with contextlib.closing(sqlite3.connect(":memory:")) as conn:
+        try:
+            conn.execute("SELECT json_extract(value, '$[0]') FROM json_each('[[1]]')").fetchall()
+        except sqlite3.OperationalError:
+            return False
+    return True
 
 
 @prepared
