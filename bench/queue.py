@@ -126,15 +126,13 @@ def genloom_worker(url: str, worker_id: str, batch: int, log_level: str, quiet: 
 
 async def _genloom_worker(url: str, worker_id: str, batch: int, profile: bool,
                           ready: Any, go: Any, created: Any) -> WorkerResult:
-    from sqlalchemy import text
-
     from genloom.runtime import open_core
 
     core = await open_core(_settings(url), NoopCatalog())
     try:
-        async with core.db.tx() as conn:  # warm the pool and the dialect before the clock starts
-            await conn.execute(text("SELECT 1"))
-        await core.queue.warm(worker_id)  # and the hot statements, as a Worker does at its start
+        # the hot statements, their connections and the dialect before the clock starts, as a
+        # Worker does at its start
+        await core.queue.warm(worker_id)
         ready.put(worker_id)
         await asyncio.to_thread(go.wait)
         cpu0 = time.process_time()

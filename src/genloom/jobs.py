@@ -188,8 +188,8 @@ class Jobs:
             return self._created(values, project, request_id, sync)
         if keyless and not sync:
             # PostgreSQL: one statement, charge included, on a kept connection: concurrent creates
-            # (an API's requests) each get one, up to half the read pool's connections.
-            async with self.db.kept("create", width=max(1, self.db.pool_size // 2)) as conn:
+            # (an API's requests) each get one, up to ``kept_width``.
+            async with self.db.kept("create", width=self.db.kept_width) as conn:
                 if not await outbox.interested(conn, (EventType.QUEUED,)):
                     params = {f"j_{k}": v for k, v in values.items()}
                     if not await prepared.fetch_pg(conn, q.create_pg(tuple(values), billed), params):

@@ -90,7 +90,9 @@ class Database:
 
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = async_url(url)
-        self.pool_size = pool_size
+        #: how many connections a use whose callers run concurrently (the creates) may keep: half
+        #: the autocommit pool, so reads keep the rest of it
+        self.kept_width = max(1, pool_size // 2)
         backend = make_url(self.url).get_backend_name()
         self.dialect: Dialect = "sqlite" if backend == "sqlite" else "postgresql"
         self._write_lock = asyncio.Lock()  # SQLite: this process's writes, one at a time
